@@ -1,0 +1,54 @@
+"""Layers whose stored weights may be in a lower precision than the computation.
+
+Weights can be stored as fp32, bf16, fp16 or fp8 (optionally with a per-tensor `scale_weight`, as in
+ComfyUI's scaled-fp8 files) and are cast to the activation dtype on use, one layer at a time. LoRA and
+similar adapters attach as runtime `patches` that never modify the stored weight.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` that computes in the input's dtype and carries runtime output patches.
+
+    `patches` is a list of callables `patch(x, y) -> y'`, applied in order after the base projection
+    (a LoRA adds `scale * B(A(x))` to the rows it targets). `scale_weight`, when set, is the per-tensor
+    dequantisation factor of an fp8 weight.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.scale_weight: torch.Tensor | None = None
+        self.patches: list = []
+
+    def compute_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        w = self.weight.to(dtype)
+        if self.scale_weight is not None:
+            w = w * self.scale_weight.to(device=w.device, dtype=dtype)
+        return w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        y = F.linear(x, self.compute_weight(x.dtype), bias)
+        for patch in self.patches:
+            y = patch(x, y)
+        return y
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with the variance in fp32 (diffusers' variant of the reference norm)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(x.dtype)
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), w, self.eps)
+        return F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype) * w

@@ -1,0 +1,39 @@
+"""3-axis rotary position embedding of the S3-DiT (theta 256, interleaved pairs).
+
+Each token has a position id (axis0, axis1, axis2): caption tokens (k, 0, 0) for k = 1..Lp, image
+tokens (Lp + 1 + f, h, w), padding tokens (0, 0, 0). Head dims are split per axis (32/48/48 in the real
+model) and each adjacent pair (x[2j], x[2j+1]) is rotated by angle pos * theta^(-2j/d_axis).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def axes_dims_for(head_dim: int) -> tuple[int, int, int]:
+    """Per-axis rotary dims for a head size: (32, 48, 48) for the real 128, same proportions otherwise."""
+    if head_dim % 16:
+        raise ValueError(f"head_dim {head_dim} must be a multiple of 16 to split into 3 rotary axes (1/4, 3/8, 3/8).")
+    return (head_dim // 4, head_dim * 3 // 8, head_dim * 3 // 8)
+
+
+def rope_angles(pos_ids: torch.Tensor, axes_dims: tuple[int, ...], theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position ids [S, 3] (int) -> (cos, sin), each [S, head_dim / 2] float32.
+
+    Angles are computed in float64 and rounded to float32, exactly like the reference's precomputed
+    tables (`outer(arange(len), inv_freq).float()`).
+    """
+    angles = []
+    for axis, d in enumerate(axes_dims):
+        inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=pos_ids.device) / d)
+        angles.append((pos_ids[:, axis].to(torch.float64)[:, None] * inv_freq[None]).float())
+    ang = torch.cat(angles, dim=-1)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs of x [B, S, H, D] by cos/sin [B, S, D/2]; computed in fp32, returned in x's dtype."""
+    xf = x.float().unflatten(-1, (-1, 2))  # [B, S, H, D/2, 2]
+    a, b = xf[..., 0], xf[..., 1]
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).to(x.dtype)
