@@ -1,0 +1,312 @@
+"""Qwen3 text encoder of Z-Image: prompt -> chat template -> tokens -> hidden_states[-2] (no final norm).
+
+Matches `diffusers.ZImagePipeline.encode_prompt`: the prompt is wrapped as a Qwen3 chat user turn with the
+generation prompt (thinking enabled, so no empty think block), tokenized right-truncated to `max_length`,
+run through the decoder layers 0..n-2 (the last layer and the final norm are never computed), and only the
+valid (non-pad) token features are returned, one (L_i, hidden) float32 tensor per prompt.
+
+Weights are read with `WeightSource` (safetensors only) and the model is a `transformers.Qwen3ForCausalLM`
+built on the meta device from a config inferred from the weight shapes, filled with `assign=True`; the
+lm_head is tied to the embedding (one copy) so the same model can later generate text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+from .checkpoint import WeightSource, identify, wrong_model_error
+from .errors import CheckpointError, ZImageError
+
+WANTED = "a Qwen3 text encoder (qwen_3_4b.safetensors)"
+TEMPLATE = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+DEFAULT_MAX_LENGTH = 512
+LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
+LAYER_PARAMS = (
+    "input_layernorm.weight", "post_attention_layernorm.weight",
+    "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+    "self_attn.q_norm.weight", "self_attn.k_norm.weight",
+    "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
+)
+
+
+class TextEncoder:
+    """A loaded Qwen3 (`.model`, a Qwen3ForCausalLM with tied lm_head) and its tokenizer."""
+
+    def __init__(self, model, tokenizer, dtype: torch.dtype, device: torch.device):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.dtype = dtype
+        self.device = torch.device(device)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @staticmethod
+    def format_prompt(prompt: str) -> str:
+        """The Qwen3 chat template for one user turn + assistant header (enable_thinking=True)."""
+        return TEMPLATE.format(prompt=prompt)
+
+    def tokenize(self, prompts: list[str], max_length: int = DEFAULT_MAX_LENGTH) -> list[list[int]]:
+        """Token ids per prompt (template included), right-truncated to max_length with a warning."""
+        ids = []
+        for i, prompt in enumerate(prompts):
+            tokens = self.tokenizer(self.format_prompt(prompt), truncation=False, verbose=False)["input_ids"]
+            if len(tokens) > max_length:
+                dropped = len(tokens) - max_length
+                warnings.warn(
+                    f"Z-Image text encoder: prompt {i} is {len(tokens)} tokens long (chat template included), "
+                    f"more than max_length={max_length}; the last {dropped} tokens were dropped.",
+                    stacklevel=3,
+                )
+                tokens = tokens[:max_length]
+            ids.append(list(tokens))
+        return ids
+
+    @torch.no_grad()  # not inference_mode: callers may still use the features in autograd (training)
+    def encode(self, prompts: list[str] | str, max_length: int = DEFAULT_MAX_LENGTH) -> list[torch.Tensor]:
+        """Per prompt a (L_i, hidden) float32 tensor: the output of decoder layer n-2 on the valid tokens."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            return []
+        if max_length < 1:
+            raise ZImageError(f"max_length must be at least 1, got {max_length}.")
+        ids = self.tokenize(list(prompts), max_length)
+        lengths = [len(t) for t in ids]
+        width = max(lengths)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.bool)
+        for i, t in enumerate(ids):  # right padding: valid tokens keep positions 0..L-1
+            input_ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+            mask[i, : len(t)] = True
+        hidden = self._penultimate_hidden_states(input_ids.to(self.device), mask.to(self.device))
+        return [hidden[i, : lengths[i]].float() for i in range(len(ids))]
+
+    def _penultimate_hidden_states(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`Qwen3Model(...).hidden_states[-2]`, computed without the last decoder layer and the final norm."""
+        from transformers.masking_utils import create_causal_mask
+
+        qwen = self.model.model
+        config = qwen.config
+        hidden = qwen.embed_tokens(input_ids)
+        position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        # Same mask construction as Qwen3Model.forward (positional: the 4th argument was renamed
+        # past_key_values -> cache in transformers 5.x).
+        causal_mask = create_causal_mask(config, hidden, mask, None, position_ids)
+        position_embeddings = qwen.rotary_emb(hidden, position_ids)
+        n = config.num_hidden_layers
+        for layer in qwen.layers[: n - 1]:
+            out = layer(hidden, attention_mask=causal_mask, position_embeddings=position_embeddings,
+                        position_ids=position_ids)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+
+# ----------------------------------------------------------------------------------------------- weights
+
+def _weights_location(path: Path) -> Path:
+    """The file/folder holding the Qwen3 weights: `<model>/text_encoder` for a whole diffusers folder."""
+    if path.is_dir() and (path / "text_encoder").is_dir() and not any(path.glob("*.safetensors")):
+        return path / "text_encoder"
+    return path
+
+
+def _split_keys(keys: list[str]) -> tuple[str, str | None]:
+    """(prefix in front of `embed_tokens.weight`, full key of lm_head.weight or None)."""
+    emb = [k for k in keys if k == "embed_tokens.weight" or k.endswith(".embed_tokens.weight")]
+    if len(emb) != 1:
+        raise CheckpointError(f"expected exactly one embed_tokens.weight, found {len(emb)}")
+    prefix = emb[0][: -len("embed_tokens.weight")]
+    head = [k for k in keys if k == "lm_head.weight" or k.endswith(".lm_head.weight")]
+    return prefix, (head[0] if len(head) == 1 else None)
+
+
+def _read_config_json(folder: Path) -> dict:
+    f = folder / "config.json"
+    if not f.is_file():
+        return {}
+    try:
+        cfg = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) and cfg.get("model_type", "qwen3") == "qwen3" else {}
+
+
+def infer_qwen3_config(shapes: dict[str, tuple[int, ...]], has_lm_head: bool, extra: dict | None = None):
+    """A `Qwen3Config` from weight shapes (keys without prefix); rope_theta / eps from `extra` (config.json)."""
+    from transformers import Qwen3Config
+
+    extra = extra or {}
+    layers = sorted({int(m.group(1)) for k in shapes if (m := LAYER_KEY.match(k))})
+    if not layers:
+        raise CheckpointError("no decoder layers (layers.N.*) found")
+    vocab, hidden = shapes["embed_tokens.weight"]
+    head_dim = shapes["layers.0.self_attn.q_norm.weight"][0]
+    heads = shapes["layers.0.self_attn.q_proj.weight"][0] // head_dim
+    kv_heads = shapes["layers.0.self_attn.k_proj.weight"][0] // head_dim
+    intermediate = shapes["layers.0.mlp.gate_proj.weight"][0]
+    rope = extra.get("rope_parameters") or {}
+    theta = float(rope.get("rope_theta") or extra.get("rope_theta") or 1e6)
+    return Qwen3Config(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=len(layers), num_attention_heads=heads,
+        num_key_value_heads=kv_heads, head_dim=head_dim, intermediate_size=intermediate, hidden_act="silu",
+        rms_norm_eps=float(extra.get("rms_norm_eps", 1e-6)), rope_theta=theta,
+        max_position_embeddings=int(extra.get("max_position_embeddings", 40960)),
+        tie_word_embeddings=not has_lm_head, attention_bias=False, use_sliding_window=False, use_cache=True,
+    )
+
+
+def _plan(source: WeightSource, extra: dict):
+    """Check that the source is a complete Qwen3; returns (config, {file key: model key}, lm_head key)."""
+    keys = source.keys()
+    ident = identify(keys, source.shape)
+    if ident.kind != "text_encoder":
+        raise wrong_model_error(source, WANTED, ident)
+    try:
+        prefix, head_key = _split_keys(keys)
+    except CheckpointError as e:
+        raise CheckpointError(f"{source.describe()}: not a usable Qwen3 text encoder ({e}).") from None
+    names = {k: k[len(prefix):] for k in keys if k.startswith(prefix) and k != head_key}
+    shapes = {short: source.shape(k) for k, short in names.items()}
+    try:
+        config = infer_qwen3_config(shapes, head_key is not None, extra)
+    except (KeyError, IndexError, ZeroDivisionError) as e:
+        raise CheckpointError(f"{source.describe()}: incomplete Qwen3 text encoder, cannot read {e}.") from None
+
+    expected = {"embed_tokens.weight", "norm.weight"} | {
+        f"layers.{i}.{p}" for i in range(config.num_hidden_layers) for p in LAYER_PARAMS
+    }
+    unexpected = sorted(set(keys) - set(names) - ({head_key} if head_key else set()))
+    unexpected += sorted(set(shapes) - expected)
+    missing = sorted(expected - set(shapes))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:5])}"
+                         f"{' ...' if len(unexpected) > 5 else ''}")
+        raise CheckpointError(f"{source.describe()}: does not match a Qwen3 text encoder; " + "; ".join(parts) + ".")
+    return config, names, head_key
+
+
+def _build_model(source: WeightSource, config, names: dict[str, str], head_key: str | None, dtype, device):
+    """Qwen3ForCausalLM on the meta device, filled with assign=True (one copy of the weights)."""
+    from transformers import Qwen3ForCausalLM
+
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(config)
+    device = torch.device(device)
+    state = {}
+    for full, short in names.items():
+        t = source.get(full)
+        if not t.is_floating_point():
+            raise CheckpointError(f"{source.describe()}: tensor '{full}' has dtype {t.dtype}, expected floating point.")
+        state["model." + short] = t.to(device=device, dtype=dtype)
+    if head_key is not None:
+        state["lm_head.weight"] = source.get(head_key).to(device=device, dtype=dtype)
+    try:
+        result = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # shape mismatches between layers
+        raise CheckpointError(f"{source.describe()}: inconsistent Qwen3 weight shapes: {e}") from None
+    del state
+    leftover = [k for k in result.missing_keys if not (k == "lm_head.weight" and head_key is None)]
+    if leftover or result.unexpected_keys:
+        raise CheckpointError(f"{source.describe()}: could not load keys {(leftover + result.unexpected_keys)[:5]}.")
+    if head_key is None:  # tie: one copy of the embedding, used by the lm_head for generation
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # Non-persistent rotary buffers are not in the file: rebuild them (in fp32, as from_pretrained does).
+    with torch.device(device):
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+    model.eval().requires_grad_(False)
+    model.config._attn_implementation = model.config._attn_implementation or "sdpa"
+    return model
+
+
+# --------------------------------------------------------------------------------------------- tokenizer
+
+TOKENIZER_HELP = (
+    "Put the Qwen tokenizer files (tokenizer.json, or vocab.json + merges.txt, and tokenizer_config.json; "
+    "from the 'tokenizer' folder of Tongyi-MAI/Z-Image-Turbo) in a folder named 'tokenizer' next to the "
+    "model's 'text_encoder' folder, or inside the text encoder folder itself, or pass the folder as "
+    "tokenizer_path."
+)
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return folder.is_dir() and (
+        (folder / "tokenizer.json").is_file() or ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())
+    )
+
+
+def tokenizer_candidates(path: Path) -> list[Path]:
+    """Folders next to / inside a model path where its tokenizer may live, in order."""
+    path = Path(path)
+    folder = path if path.is_dir() else (path.parent if path.parent.name == "text_encoder" else None)
+    if folder is None:
+        return []
+    if folder.name == "text_encoder":
+        return [folder.parent / "tokenizer", folder]
+    return [folder / "tokenizer", folder]
+
+
+def resolve_tokenizer_dir(path, tokenizer_path=None, fallback_dirs: list[Path] | None = None) -> Path:
+    """Where the tokenizer is: explicit path, beside/inside the model, then fallback_dirs (e.g. ComfyUI's
+    bundled qwen25_tokenizer, passed by the ComfyUI adapter). Raises ZImageError saying where to put it."""
+    if tokenizer_path is not None:
+        tp = Path(tokenizer_path)
+        if tp.is_file():
+            tp = tp.parent
+        if not _has_tokenizer(tp):
+            raise ZImageError(f"{tp}: no tokenizer files found there. {TOKENIZER_HELP}")
+        return tp
+    tried = tokenizer_candidates(Path(path)) + [Path(d) for d in (fallback_dirs or [])]
+    for d in tried:
+        if _has_tokenizer(d):
+            return d
+    where = ", ".join(str(d) for d in tried) or "(no folder to search next to a single file)"
+    raise ZImageError(f"{Path(path).name}: no tokenizer found for this Qwen3 text encoder (looked in: {where}). "
+                      f"{TOKENIZER_HELP}")
+
+
+def load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # transformers raises many types for broken tokenizer files
+        raise ZImageError(f"{folder}: the tokenizer could not be loaded ({type(e).__name__}: {e}). {TOKENIZER_HELP}") from None
+    tok.padding_side = "right"
+    tok.truncation_side = "right"
+    return tok
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+def load_text_encoder(path, dtype: torch.dtype = torch.float32, device="cpu", tokenizer_path=None,
+                      fallback_dirs: list[Path] | None = None) -> TextEncoder:
+    """Load a Qwen3 text encoder from a ComfyUI single file, a HF `text_encoder/` folder (sharded or not) or a
+    whole diffusers model folder, plus its tokenizer (see `resolve_tokenizer_dir`)."""
+    path = Path(path)
+    location = _weights_location(path)
+    source = WeightSource(location)
+    config_dir = location if location.is_dir() else location.parent
+    extra = _read_config_json(config_dir) if (config_dir / "config.json").is_file() and (
+        location.is_dir() or config_dir.name == "text_encoder") else {}
+    config, names, head_key = _plan(source, extra)  # wrong/incomplete files fail before anything is read
+    tok_dir = resolve_tokenizer_dir(path, tokenizer_path, fallback_dirs)
+    model = _build_model(source, config, names, head_key, dtype, device)
+    tokenizer = load_tokenizer(tok_dir)
+    if len(tokenizer) > model.config.vocab_size:
+        raise CheckpointError(
+            f"{source.describe()}: the tokenizer in {tok_dir} has {len(tokenizer)} tokens but the model's embedding "
+            f"has only {model.config.vocab_size} rows; this tokenizer does not belong to this text encoder."
+        )
+    return TextEncoder(model, tokenizer, dtype, device)
