@@ -1,0 +1,158 @@
+"""Command line: `python -m zimage_core generate ...` and `python -m zimage_core make-tiny --out DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import ZImageError
+
+
+def _tiny_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "zimage-nodes" / "tiny"
+
+
+class ProgressBar:
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.stream, self.start = total, stream, time.perf_counter()
+
+    def __call__(self, step: int, total: int, x, x0) -> None:
+        done = step + 1
+        bar = "#" * (30 * done // total)
+        rate = (time.perf_counter() - self.start) / done
+        self.stream.write(f"\rsampling [{bar:<30}] {done}/{total} {rate:.2f}s/step")
+        if done == total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _load_image(path: str, mode: str):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    try:
+        img = Image.open(path).convert(mode)
+    except (OSError, ValueError) as e:
+        raise ZImageError(f"{path}: cannot read image ({e}).") from None
+    a = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
+    return a[None] if mode == "L" else a[None, ..., :3]
+
+
+def _save_png(image, path: Path, params: dict) -> None:
+    import numpy as np
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", json.dumps(params))
+    arr = (image.numpy() * 255).round().astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, pnginfo=info)
+
+
+def cmd_make_tiny(args) -> int:
+    from .tiny import make_tiny
+
+    paths = make_tiny(Path(args.out), seed=args.seed)
+    for k, p in paths.items():
+        print(f"{k:13s} {p}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .pipeline import ZImagePipeline, check_size
+    from .schedules import parse_sigmas
+
+    check_size(args.width, args.height)
+    if args.tiny:
+        from .tiny import make_tiny
+
+        paths = make_tiny(Path(args.tiny_dir))
+        args.dit = args.dit or paths["dit"]
+        args.text_encoder = args.text_encoder or paths["text_encoder"]
+        args.vae = args.vae or paths["vae"]
+        args.tokenizer = args.tokenizer or paths["tokenizer"]
+    missing = [n for n in ("dit", "text_encoder", "vae") if not getattr(args, n)]
+    if missing:
+        raise ZImageError("missing " + ", ".join("--" + m.replace("_", "-") for m in missing) + " (or use --tiny).")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    pipe = ZImagePipeline.from_files(args.dit, args.text_encoder, args.vae, args.tokenizer, args.weight_dtype, args.device)
+    t_load = time.perf_counter() - t0
+    params = {k: v for k, v in vars(args).items() if k not in ("func", "tiny_dir", "threads")}
+    params = {k: str(v) if isinstance(v, Path) else v for k, v in params.items()}
+    images = pipe.generate(
+        args.prompt, args.negative_prompt, args.width, args.height, args.steps, args.cfg, args.shift, args.seed,
+        args.batch, parse_sigmas(args.sigmas) if args.sigmas else None,
+        _load_image(args.image, "RGB") if args.image else None, args.denoise,
+        _load_image(args.mask, "L") if args.mask else None, args.cfg_truncation, args.cfg_normalization,
+        ProgressBar(args.steps),
+    )
+    out = Path(args.out)
+    for i, img in enumerate(images):
+        path = out if len(images) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
+        _save_png(img, path, {**params, "seed": args.seed, "batch_index": i})
+        print(f"saved {path}")
+    print(f"load {t_load:.2f}s, total {time.perf_counter() - t0:.2f}s", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m zimage_core", description="Z-Image / Z-Image-Turbo on PyTorch.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="prompt to PNG")
+    g.add_argument("--dit", help="DiT: ComfyUI single file or diffusers folder/file")
+    g.add_argument("--text-encoder", help="Qwen3-4B: qwen_3_4b.safetensors or a text_encoder/ folder")
+    g.add_argument("--vae", help="Flux VAE: ae.safetensors or a diffusers vae/ folder")
+    g.add_argument("--tokenizer", help="tokenizer folder (default: tokenizer/ beside a diffusers model)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--negative-prompt", default=None, help="used when --cfg is not 1")
+    g.add_argument("--width", type=int, default=1024)
+    g.add_argument("--height", type=int, default=1024)
+    g.add_argument("--steps", type=int, default=8)
+    g.add_argument("--cfg", type=float, default=1.0, help="guidance weight; 1 = no CFG (Turbo), 3-5 for the base model")
+    g.add_argument("--shift", type=float, default=3.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch", type=int, default=1)
+    g.add_argument("--sigmas", help="custom schedule, e.g. '1,0.9,0.75,0.5,0.3' (overrides --steps/--shift)")
+    g.add_argument("--image", help="input image for image-to-image / inpainting")
+    g.add_argument("--denoise", type=float, default=1.0, help="image-to-image strength (< 1 keeps more of --image)")
+    g.add_argument("--mask", help="inpainting mask image, white = regenerate")
+    g.add_argument("--cfg-truncation", type=float, default=1.0)
+    g.add_argument("--cfg-normalization", type=float, default=0.0)
+    g.add_argument("--weight-dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2"])
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    g.add_argument("--tiny", action="store_true", help="use (and create if needed) the tiny random test models")
+    g.add_argument("--tiny-dir", default=str(_tiny_dir()))
+    g.add_argument("--out", default="out.png")
+    g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("make-tiny", help="write tiny random models in the real file formats")
+    t.add_argument("--out", required=True)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_make_tiny)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ZImageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

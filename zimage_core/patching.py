@@ -1,0 +1,59 @@
+"""A loaded DiT plus the patches to use with it, without ever modifying the shared module.
+
+`PatchedDiT` is what ComfyUI's ZIMAGE_DIT carries: the shared `ZImageDiT` and an immutable tuple of
+patches (LoRAs, adaLN controls). Adding a patch returns a new PatchedDiT (the input stays usable as it
+was, like ComfyUI's ModelPatcher.clone()). `applied()` installs the patches on the module for the
+duration of one sampling run and always removes them, also when the run is interrupted.
+
+A patch is any object with:
+    install(dit) -> None             put runtime hooks on the module (e.g. LoRA on Linear.patches)
+    uninstall(dit) -> None           remove exactly what install added
+    step_controls(step, sigma, n_steps) -> dict   extra kwargs for ZImageDiT.forward at a step
+                                     (`mod_hook`, `adaln_t`), or {} (optional method)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .transformer import ZImageDiT
+
+
+@dataclass(frozen=True)
+class PatchedDiT:
+    dit: ZImageDiT
+    patches: tuple = ()
+    host: Any = field(default=None, compare=False)  # the ComfyUI ModelPatcher (or None standalone)
+
+    def with_patch(self, patch) -> PatchedDiT:
+        return PatchedDiT(self.dit, self.patches + (patch,), self.host)
+
+    @contextlib.contextmanager
+    def applied(self):
+        done = []
+        try:
+            for p in self.patches:
+                p.install(self.dit)
+                done.append(p)
+            yield self.dit
+        finally:
+            for p in reversed(done):
+                p.uninstall(self.dit)
+
+    def step_controls(self, step: int, sigma: float, n_steps: int) -> dict:
+        """Merged per-step forward kwargs of all patches (mod hooks compose in patch order)."""
+        hooks, out = [], {}
+        for p in self.patches:
+            ctl = p.step_controls(step, sigma, n_steps) if hasattr(p, "step_controls") else {}
+            if "mod_hook" in ctl:
+                hooks.append(ctl.pop("mod_hook"))
+            out.update(ctl)
+        if hooks:
+            def mod_hook(stage, index, mod, hooks=tuple(hooks)):
+                for h in hooks:
+                    mod = h(stage, index, mod)
+                return mod
+            out["mod_hook"] = mod_hook
+        return out

@@ -1,0 +1,101 @@
+"""Flow-matching Euler sampling with optional CFG, image-to-image start and inpainting mask.
+
+Everything here is in model space (see `latent.py`) and float32; the DiT is reached only through
+`ZImageDiT.velocity`, which owns the time/prediction convention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InputError
+from .transformer import Context, ZImageDiT
+
+# callback(step, total_steps, x, x0_estimate); may raise to interrupt (ComfyUI's Cancel does).
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class Guidance:
+    """Classifier-free guidance for the non-distilled model.
+
+    cfg: the standard guidance weight (v = v_neg + cfg * (v_pos - v_neg)); 1.0 is a single pass.
+    truncation: steps whose model time t = 1 - sigma exceeds this run without CFG (1.0 = never).
+    normalization: if > 0, the guided prediction's norm is capped at this multiple of the positive one's.
+    """
+
+    negative: Context
+    cfg: float = 1.0
+    truncation: float = 1.0
+    normalization: float = 0.0
+
+    def active(self, sigma: float) -> bool:
+        return self.cfg != 1.0 and (1.0 - sigma) <= self.truncation
+
+    def combine(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        pred = pos + (self.cfg - 1.0) * (pos - neg)
+        if self.normalization > 0:
+            dims = tuple(range(1, pos.ndim))
+            pos_norm = torch.linalg.vector_norm(pos, dim=dims, keepdim=True)
+            new_norm = torch.linalg.vector_norm(pred, dim=dims, keepdim=True)
+            limit = pos_norm * self.normalization
+            pred = torch.where(new_norm > limit, pred * (limit / new_norm), pred)
+        return pred
+
+
+def initial_latent(noise: torch.Tensor, sigma0: float, latent_image: torch.Tensor | None) -> torch.Tensor:
+    """x at the first sigma: sigma * noise + (1 - sigma) * image (image = 0 for text-to-image)."""
+    if latent_image is None:
+        return noise * sigma0
+    return sigma0 * noise + (1.0 - sigma0) * latent_image
+
+
+@torch.no_grad()
+def sample_euler(
+    model: ZImageDiT,
+    noise: torch.Tensor,
+    context: Context,
+    sigmas: torch.Tensor,
+    guidance: Guidance | None = None,
+    latent_image: torch.Tensor | None = None,
+    noise_mask: torch.Tensor | None = None,
+    callback: StepCallback | None = None,
+    step_controls: Callable[[int, float, int], dict] | None = None,
+) -> torch.Tensor:
+    """Denoise from `sigmas[0]` to `sigmas[-1]` with Euler steps x <- x + (sigma_next - sigma) * v.
+
+    noise, latent_image: [B, 16, h, w] model-space float32; noise_mask: [B or 1, 1, h, w] in 0..1,
+    1 = regenerate, 0 = keep latent_image (re-noised to each step's level, clean at the end).
+    step_controls(step, sigma, n_steps) -> extra `ZImageDiT.forward` kwargs for that step (adaLN controls).
+    """
+    if noise_mask is not None and latent_image is None:
+        raise InputError("an inpainting mask needs the input image latent to keep the unmasked area.")
+    device = model.x_pad_token.device
+    sig = sigmas.tolist()
+    noise = noise.to(device, torch.float32)
+    image = None if latent_image is None else latent_image.to(device, torch.float32)
+    mask = None if noise_mask is None else noise_mask.to(device, torch.float32)
+    B = noise.shape[0]
+    x = initial_latent(noise, sig[0], image)
+    steps = len(sig) - 1
+    for i in range(steps):
+        s, s_next = sig[i], sig[i + 1]
+        sigma = torch.full((B,), s, device=device)
+        controls = step_controls(i, s, steps) if step_controls is not None else {}
+        if guidance is not None and guidance.active(s):
+            ctx = (context.repeat(B) if len(context) == 1 else context) + (
+                guidance.negative.repeat(B) if len(guidance.negative) == 1 else guidance.negative)
+            v_pos, v_neg = model.velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), ctx, **controls).chunk(2)
+            v = guidance.combine(v_pos, v_neg)
+        else:
+            v = model.velocity(x, sigma, context, **controls)
+        x0 = x - s * v
+        x = x + (s_next - s) * v
+        if mask is not None:
+            x = mask * x + (1.0 - mask) * initial_latent(noise, s_next, image)
+        if callback is not None:
+            callback(i, steps, x, x0)
+    return x
