@@ -34,10 +34,7 @@ def denoise_sigmas(sigmas: torch.Tensor, denoise: float) -> torch.Tensor:
     if not 0.0 < denoise <= 1.0:
         raise InputError(f"denoise must be in (0, 1] (got {denoise}).")
     n = len(sigmas) - 1
-    start = int(max(n - min(n * denoise, n), 0))
-    if start >= n:
-        raise InputError(f"denoise {denoise} with {n} steps leaves no step to run; raise denoise or steps.")
-    return sigmas[start:]
+    return sigmas[int(n - n * denoise):]  # at least one step remains since denoise > 0
 
 
 def parse_sigmas(text: str) -> torch.Tensor:
