@@ -91,15 +91,16 @@ class TextEncoder:
 
     def _penultimate_hidden_states(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """`Qwen3Model(...).hidden_states[-2]`, computed without the last decoder layer and the final norm."""
-        from transformers.masking_utils import create_causal_mask
-
         qwen = self.model.model
         config = qwen.config
         hidden = qwen.embed_tokens(input_ids)
-        position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        # Same mask construction as Qwen3Model.forward (positional: the 4th argument was renamed
-        # past_key_values -> cache in transformers 5.x).
-        causal_mask = create_causal_mask(config, hidden, mask, None, position_ids)
+        S = input_ids.shape[1]
+        position_ids = torch.arange(S, device=input_ids.device).unsqueeze(0)
+        # causal + key padding as an additive [B, 1, S, S] mask: understood by the eager and SDPA attention
+        # of every transformers version (4.51+ and 5.x), unlike the version-specific mask helpers
+        allowed = torch.ones(S, S, dtype=torch.bool, device=input_ids.device).tril()[None, None] & mask[:, None, None, :]
+        causal_mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
+        causal_mask.masked_fill_(~allowed, torch.finfo(hidden.dtype).min)
         position_embeddings = qwen.rotary_emb(hidden, position_ids)
         n = config.num_hidden_layers
         for layer in qwen.layers[: n - 1]:
