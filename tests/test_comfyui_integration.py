@@ -91,3 +91,198 @@ def test_harness_runs_a_core_graph(comfyui):
     with pytest.raises(PromptError) as ei:
         comfyui.post_prompt(bad)
     assert ei.value.body.get("error")
+
+
+# ================================================================== Z-Image nodes inside a real ComfyUI
+#
+# Tiny random models in the real file formats (zimage_core.tiny) are placed in the server's model folders.
+# Not tested: ComfyUI's own loaders (UNETLoader / CLIPLoader / VAELoader) with these tiny files. ComfyUI builds
+# those models from fixed real-size configs (comfy/model_detection.py recognises Z-Image only when the DiT
+# dim is 3840; the lumina2 CLIP is always Qwen3-4B; the Flux VAE config is fixed), so the native-loader
+# interop graphs need the real 20 GB weights. What is tested natively: ConditioningZeroOut as a negative,
+# EmptySD3LatentImage / LatentUpscale / SetLatentNoiseMask feeding ZImageSampler.
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+OUR_NODES = ("ZImageDiTLoader", "ZImageTextEncoderLoader", "ZImageVAELoader", "ZImageTextEncode",
+             "ZImageEmptyLatent", "ZImageSampler", "ZImageVAEDecode", "ZImageVAEEncode")
+PROMPT = "a red fox in the snow at sunrise"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(comfyui, tmp_path_factory):
+    from zimage_core.tiny import make_tiny
+
+    paths = make_tiny(tmp_path_factory.mktemp("tiny"))
+    comfyui.put_model("diffusion_models", "z_image_tiny.safetensors", paths["dit"])
+    comfyui.put_model("text_encoders", "qwen_3_4b_tiny.safetensors", paths["text_encoder"])
+    comfyui.put_model("text_encoders", "tokenizer", paths["tokenizer"])  # beside the single file
+    comfyui.put_model("vae", "ae_tiny.safetensors", paths["vae"])
+    comfyui.put_model("diffusers", "Z-Image-Tiny", paths["diffusers"])
+    # wrong files for the bad-input cases
+    comfyui.put_model("diffusion_models", "wrong_is_a_vae.safetensors", paths["vae"])
+    return paths
+
+
+def _graph(seed=42, steps=4, width=64, height=48, te="qwen_3_4b_tiny.safetensors", dit="z_image_tiny.safetensors",
+           cfg=1.0, negative=None, prefix="zimage"):
+    g = {
+        "1": {"class_type": "ZImageDiTLoader", "inputs": {"dit_name": dit, "weight_dtype": "auto"}},
+        "2": {"class_type": "ZImageTextEncoderLoader",
+              "inputs": {"text_encoder_name": te, "dtype": "auto", "device": "default"}},
+        "3": {"class_type": "ZImageVAELoader", "inputs": {"vae_name": "ae_tiny.safetensors"}},
+        "4": {"class_type": "ZImageTextEncode", "inputs": {"text_encoder": ["2", 0], "text": PROMPT}},
+        "5": {"class_type": "ZImageEmptyLatent",
+              "inputs": {"resolution": "custom", "width": width, "height": height, "batch_size": 1}},
+        "6": {"class_type": "ZImageSampler",
+              "inputs": {"dit": ["1", 0], "positive": ["4", 0], "latent": ["5", 0], "seed": seed, "steps": steps,
+                         "cfg": cfg, "shift": 3.0, "denoise": 1.0}},
+        "7": {"class_type": "ZImageVAEDecode", "inputs": {"vae": ["3", 0], "latent": ["6", 0]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": prefix}},
+    }
+    if negative is not None:
+        g.update(negative)
+        g["6"]["inputs"]["negative"] = ["9", 0]
+    return g
+
+
+def _png(comfyui, entry, node="8"):
+    files = comfyui.output_files(entry, node)
+    assert len(files) == 1, entry.get("outputs")
+    return np.asarray(Image.open(files[0]).convert("RGB")).astype(np.int16)
+
+
+def _reference(paths, seed, steps, width=64, height=48, **kw):
+    from zimage_core.pipeline import ZImagePipeline
+
+    pipe = ZImagePipeline.from_files(paths["dit"], paths["diffusers"], paths["vae"])
+    img = pipe.generate(PROMPT, width=width, height=height, steps=steps, seed=seed, **kw)
+    return (img[0].numpy() * 255).round().astype(np.int16)  # SaveImage: clip(255 * x), uint8
+
+
+def test_object_info_lists_our_nodes_and_models(comfyui, tiny_models):
+    info = comfyui.object_info()
+    nodes = comfyui.pack_nodes(info)
+    assert set(OUR_NODES) <= set(nodes), sorted(nodes)
+    for n in OUR_NODES:
+        assert nodes[n]["category"].startswith("Z-Image/")
+    dit_names = nodes["ZImageDiTLoader"]["input"]["required"]["dit_name"][0]
+    assert "z_image_tiny.safetensors" in dit_names and "diffusers/Z-Image-Tiny" in dit_names
+    te_names = nodes["ZImageTextEncoderLoader"]["input"]["required"]["text_encoder_name"][0]
+    assert "qwen_3_4b_tiny.safetensors" in te_names and "diffusers/Z-Image-Tiny" in te_names
+    assert "ae_tiny.safetensors" in nodes["ZImageVAELoader"]["input"]["required"]["vae_name"][0]
+    assert nodes["ZImageSampler"]["output"] == ["LATENT"]
+
+
+def test_graph_matches_core_pipeline(comfyui, tiny_models):
+    with comfyui.websocket(timeout=300) as ws:
+        r = comfyui.post_prompt(_graph(seed=42, steps=4))
+        msgs = ws.wait_for(r["prompt_id"], timeout=300)
+    entry = comfyui.wait_for(r["prompt_id"], timeout=300)
+    got = _png(comfyui, entry)
+    ref = _reference(tiny_models, 42, 4)
+    assert got.shape == ref.shape == (48, 64, 3)
+    assert np.abs(got - ref).max() <= 1
+    progress = [m["data"] for m in msgs if m["type"] == "progress" and m["data"].get("node") == "6"]
+    assert [p["value"] for p in progress][-1] == 4 and progress[-1]["max"] == 4
+
+    # changing only the seed re-runs only the sampler (and what follows it)
+    with comfyui.websocket(timeout=300) as ws:
+        r = comfyui.post_prompt(_graph(seed=43, steps=4))
+        msgs = ws.wait_for(r["prompt_id"], timeout=300)
+    executed = {m["data"]["node"] for m in msgs if m["type"] == "executing" and m["data"].get("node")}
+    assert executed == {"6", "7", "8"}, executed
+    got = _png(comfyui, comfyui.wait_for(r["prompt_id"]))
+    assert np.abs(got - _reference(tiny_models, 43, 4)).max() <= 1
+
+
+def test_diffusers_folder_text_encoder(comfyui, tiny_models):
+    entry = comfyui.run(_graph(seed=42, steps=4, te="diffusers/Z-Image-Tiny", dit="diffusers/Z-Image-Tiny",
+                               prefix="zimage_diffusers"), timeout=300)
+    assert np.abs(_png(comfyui, entry) - _reference(tiny_models, 42, 4)).max() <= 1
+
+
+def test_conditioning_zero_out_as_negative(comfyui, tiny_models):
+    neg = {"9": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["4", 0]}}}
+    entry = comfyui.run(_graph(seed=7, steps=3, cfg=2.5, negative=neg, prefix="zimage_neg"), timeout=300)
+    assert entry["status"]["status_str"] == "success"
+    assert _png(comfyui, entry).shape == (48, 64, 3)
+
+
+def test_native_latent_nodes_feed_the_sampler(comfyui, tiny_models):
+    g = _graph(seed=3, steps=3, prefix="zimage_native_latent")
+    g["5"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 1}}
+    g["10"] = {"class_type": "LatentUpscale", "inputs": {"samples": ["6", 0], "upscale_method": "bilinear",
+                                                         "width": 96, "height": 64, "crop": "disabled"}}
+    g["11"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 96, "height": 64}}
+    g["12"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["10", 0], "mask": ["11", 0]}}
+    g["13"] = {"class_type": "ZImageSampler",
+               "inputs": {"dit": ["1", 0], "positive": ["4", 0], "latent": ["12", 0], "seed": 3, "steps": 4,
+                          "cfg": 1.0, "shift": 3.0, "denoise": 0.5}}
+    g["7"]["inputs"]["latent"] = ["13", 0]
+    entry = comfyui.run(g, timeout=300)
+    assert _png(comfyui, entry).shape == (64, 96, 3)
+
+
+def test_interrupt_mid_sampling_then_next_prompt_works(comfyui, tiny_models):
+    g = _graph(seed=1, steps=10000, width=128, height=128, prefix="zimage_interrupt")
+    interrupted = []
+
+    def on_message(msg):
+        d = msg.get("data", {})
+        if msg["type"] == "progress" and d.get("node") == "6" and d.get("value", 0) >= 3 and not interrupted:
+            interrupted.append(d["value"])
+            comfyui.interrupt()
+
+    with comfyui.websocket(timeout=300) as ws:
+        r = comfyui.post_prompt(g)
+        msgs = ws.wait_for(r["prompt_id"], timeout=300, on_message=on_message)
+    assert interrupted, "no progress message from the sampler"
+    types = [m["type"] for m in msgs]
+    assert "execution_interrupted" in types, types
+    last = max(m["data"]["value"] for m in msgs if m["type"] == "progress" and m["data"].get("node") == "6")
+    assert last < 10000
+    entry = comfyui.wait_for(r["prompt_id"], raise_on_error=False)
+    assert comfyui.execution_error(entry)["message_type"] == "execution_interrupted"
+
+    entry = comfyui.run(_graph(seed=42, steps=4, prefix="zimage_after_interrupt"), timeout=300)
+    assert np.abs(_png(comfyui, entry) - _reference(tiny_models, 42, 4)).max() <= 1
+
+
+def _error_of(comfyui, graph):
+    entry = comfyui.run(graph, timeout=300, raise_on_error=False)
+    err = comfyui.execution_error(entry)
+    assert err and err["message_type"] == "execution_error", entry.get("status")
+    return err
+
+
+def test_bad_inputs_give_execution_errors(comfyui, tiny_models):
+    err = _error_of(comfyui, _graph(dit="wrong_is_a_vae.safetensors", prefix="bad1"))
+    assert err["node_type"] == "ZImageDiTLoader"
+    assert "wrong_is_a_vae" in err["exception_message"] and "VAE" in err["exception_message"]
+
+    g = _graph(prefix="bad2")
+    g["5"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 1}}
+    err = _error_of(comfyui, g)
+    assert err["node_type"] == "ZImageSampler"
+    assert "4 channels" in err["exception_message"] and "EmptySD3LatentImage" in err["exception_message"]
+
+    g = _graph(prefix="bad3")
+    g["5"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 72, "height": 48, "batch_size": 1}}
+    err = _error_of(comfyui, g)
+    assert "multiples of 16" in err["exception_message"]
+
+    err = _error_of(comfyui, _graph(cfg=3.0, prefix="bad4"))
+    assert "negative" in err["exception_message"]
+
+    # the server is still up and the earlier loaded models still work
+    entry = comfyui.run(_graph(seed=42, steps=4, prefix="after_errors"), timeout=300)
+    assert np.abs(_png(comfyui, entry) - _reference(tiny_models, 42, 4)).max() <= 1
+
+
+def test_free_models_then_run_again(comfyui, tiny_models):
+    comfyui.free(unload_models=True, free_memory=True)
+    entry = comfyui.run(_graph(seed=42, steps=4, prefix="after_free"), timeout=300)
+    assert np.abs(_png(comfyui, entry) - _reference(tiny_models, 42, 4)).max() <= 1

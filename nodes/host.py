@@ -1,0 +1,232 @@
+"""The host adapter: the ONLY module of the pack that imports ComfyUI (`folder_paths`, `comfy.*`, `latent_preview`).
+
+Inside ComfyUI, model names come from ComfyUI's model folders, models take part in ComfyUI's memory
+management (ModelPatcher + load_models_gpu), and sampling reports progress, previews and Cancel.
+Without ComfyUI (unit tests, scripts) the same functions fall back to plain behaviour: a model name is a
+filesystem path, everything runs on the CPU, progress and interrupt are no-ops. The node modules never
+check which mode they are in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ..zimage_core.errors import InputError
+
+log = logging.getLogger("zimage_nodes")
+
+try:  # ComfyUI puts its root on sys.path; outside ComfyUI these imports fail and we run standalone.
+    import folder_paths  # type: ignore
+
+    import comfy.latent_formats  # type: ignore
+    import comfy.model_management as mm  # type: ignore
+    import comfy.model_patcher  # type: ignore
+    import comfy.utils  # type: ignore
+    import latent_preview  # type: ignore
+
+    IN_COMFYUI = True
+except Exception:  # ImportError, or a half-importable ComfyUI on a foreign sys.path
+    folder_paths = mm = latent_preview = None
+    IN_COMFYUI = False
+
+DIFFUSERS_PREFIX = "diffusers/"
+# Which ComfyUI model folders each of our loaders lists (diffusers model folders are added to all three:
+# load_dit / load_text_encoder / load_vae each find their component inside a whole diffusers folder).
+KINDS = ("diffusion_models", "text_encoders", "vae")
+
+
+# ------------------------------------------------------------------------------------------ model names
+
+def _subfolders(kind: str) -> list[str]:
+    """Names of model folders (not files) directly inside ComfyUI's folders of `kind`."""
+    out = []
+    try:
+        roots = folder_paths.get_folder_paths(kind)
+    except Exception:  # kind not registered
+        return out
+    for root in roots:
+        if not os.path.isdir(root):
+            continue
+        for entry in sorted(os.listdir(root)):
+            p = os.path.join(root, entry)
+            if os.path.isdir(p) and not entry.startswith(".") and _looks_like_model_folder(Path(p)):
+                out.append(entry)
+    return out
+
+
+def _looks_like_model_folder(p: Path) -> bool:
+    return (p / "model_index.json").is_file() or (p / "config.json").is_file() or any(p.glob("*.safetensors")) \
+        or any(p.glob("*/*.safetensors"))
+
+
+def model_names(kind: str) -> list[str]:
+    """The names a loader of `kind` offers: files in ComfyUI's `kind` folders, model folders in them, and
+    diffusers model folders under `models/diffusers` as "diffusers/<folder>". Empty outside ComfyUI."""
+    if not IN_COMFYUI:
+        return []
+    names = list(folder_paths.get_filename_list(kind))
+    if kind == "text_encoders":  # Hugging Face text_encoder/ folders
+        names += [n for n in _subfolders(kind) if n not in names]
+    names += [DIFFUSERS_PREFIX + n for n in _subfolders("diffusers")]
+    return names
+
+
+def resolve(kind: str, name: str) -> Path:
+    """The path of a model name chosen in a loader.
+
+    Inside ComfyUI only names from ComfyUI's lists are accepted (never arbitrary paths from a workflow);
+    standalone the name is a filesystem path."""
+    if not IN_COMFYUI:
+        p = Path(name).expanduser()
+        if not p.exists():
+            raise InputError(f"model '{name}' not found (outside ComfyUI a model name is a file or folder path).")
+        return p
+    if name.startswith(DIFFUSERS_PREFIX):
+        folder = name[len(DIFFUSERS_PREFIX):]
+        if folder in _subfolders("diffusers"):
+            for root in folder_paths.get_folder_paths("diffusers"):
+                if os.path.isdir(os.path.join(root, folder)):
+                    return Path(root, folder)
+    elif name in folder_paths.get_filename_list(kind):
+        return Path(folder_paths.get_full_path_or_raise(kind, name))
+    elif kind == "text_encoders" and name in _subfolders(kind):
+        for root in folder_paths.get_folder_paths(kind):
+            if os.path.isdir(os.path.join(root, name)):
+                return Path(root, name)
+    folders = ", ".join(folder_paths.get_folder_paths(kind))
+    raise InputError(f"model '{name}' is not in ComfyUI's '{kind}' list (folders: {folders}; diffusers model "
+                     f"folders go in models/diffusers). Put the file there and refresh (press R) the node.")
+
+
+def tokenizer_fallback_dirs(model_path: Path | None = None) -> list[Path]:
+    """Where a single-file text encoder's tokenizer may also be: a 'tokenizer' folder beside the file, then
+    ComfyUI's bundled Qwen tokenizer (comfy/text_encoders/qwen25_tokenizer)."""
+    dirs = []
+    if model_path is not None and Path(model_path).is_file():
+        dirs.append(Path(model_path).parent / "tokenizer")
+    if IN_COMFYUI:
+        # `comfy` is a namespace package (no __file__); locate it through one of its modules
+        dirs.append(Path(comfy.utils.__file__).parent / "text_encoders" / "qwen25_tokenizer")
+    return dirs
+
+
+# ---------------------------------------------------------------------------------------- devices, memory
+
+_CPU = torch.device("cpu")
+
+
+def devices(kind: str, force_cpu: bool = False) -> tuple[torch.device, torch.device]:
+    """(load device, offload device) for kind 'dit' | 'text_encoder' | 'vae'."""
+    if not IN_COMFYUI or force_cpu:
+        return _CPU, _CPU
+    if kind == "dit":
+        return mm.get_torch_device(), mm.unet_offload_device()
+    if kind == "text_encoder":
+        return mm.text_encoder_device(), mm.text_encoder_offload_device()
+    if kind == "vae":
+        return mm.vae_device(), mm.vae_offload_device()
+    raise ValueError(kind)
+
+
+def text_encoder_dtype(device: torch.device) -> torch.dtype:
+    if not IN_COMFYUI or device.type == "cpu":
+        return torch.float32
+    return mm.text_encoder_dtype(device)
+
+
+def vae_dtype(device: torch.device) -> torch.dtype:
+    if not IN_COMFYUI or device.type == "cpu":
+        return torch.float32
+    try:
+        return mm.vae_dtype(device, [torch.bfloat16, torch.float32])
+    except Exception:
+        return torch.float32
+
+
+def intermediate_device() -> torch.device:
+    return mm.intermediate_device() if IN_COMFYUI else _CPU
+
+
+class _Holder(torch.nn.Module):
+    """What ModelPatcher manages: it sets attributes (device, memory counters) on the module it is given,
+    which must not clash with our modules' own read-only properties (FluxVAE.device, HF models' .device)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.inner = module
+
+    def get_dtype(self):
+        for p in self.inner.parameters():
+            return p.dtype
+        return torch.float32
+
+
+def manage(module: torch.nn.Module, kind: str, force_cpu: bool = False):
+    """Wrap a loaded module (on its offload device) in a ComfyUI ModelPatcher; None standalone."""
+    if not IN_COMFYUI:
+        return None
+    load, offload = devices(kind, force_cpu)
+    return comfy.model_patcher.ModelPatcher(_Holder(module), load_device=load, offload_device=offload)
+
+
+def load_to_device(patchers, memory_required: int = 0) -> None:
+    """Ask ComfyUI to put these models on their load device (evicting others as needed)."""
+    patchers = [p for p in patchers if p is not None]
+    if not patchers or not IN_COMFYUI:
+        return
+    # force_full_load: our layers are not comfy.ops layers, so a partial (lowvram) load would leave weights
+    # on the CPU behind ComfyUI's back.
+    mm.load_models_gpu(patchers, memory_required=int(memory_required), force_full_load=True)
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return _CPU
+
+
+# ------------------------------------------------------------------------------------ progress, interrupt
+
+def check_interrupt() -> None:
+    """Raise ComfyUI's InterruptProcessingException when the user pressed Cancel."""
+    if IN_COMFYUI:
+        mm.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """Per-step progress bar + latent preview; `update` also checks for Cancel."""
+
+    def __init__(self, total: int, device: torch.device | None = None):
+        self.total = total
+        self.bar = comfy.utils.ProgressBar(total) if IN_COMFYUI else None
+        self.previewer = None
+        if IN_COMFYUI:
+            try:
+                self.previewer = latent_preview.get_previewer(device or mm.get_torch_device(),
+                                                              comfy.latent_formats.Flux())
+            except Exception as e:  # a broken preview must never stop sampling
+                log.warning("Z-Image: no latent preview (%s)", e)
+        self.steps_done = 0
+
+    def update(self, step: int, x0: torch.Tensor | None = None) -> None:
+        """step: steps done so far (1..total); x0: the model-space estimate of the clean latent."""
+        self.steps_done = step
+        check_interrupt()
+        if self.bar is None:
+            return
+        preview = None
+        if self.previewer is not None and x0 is not None:
+            try:
+                preview = self.previewer.decode_latent_to_preview_image("JPEG", x0[:1].float())
+            except Exception as e:
+                log.warning("Z-Image: latent preview failed (%s); continuing without previews", e)
+                self.previewer = None
+        self.bar.update_absolute(step, self.total, preview)
+
+
+def progress(total: int, device: torch.device | None = None) -> Progress:
+    return Progress(total, device)

@@ -1,0 +1,148 @@
+"""Loader nodes: Z-Image DiT, Qwen3 text encoder, Flux VAE, from ComfyUI's model folders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..zimage_core.dit_loader import WEIGHT_DTYPES, default_dtypes, load_dit
+from ..zimage_core.patching import PatchedDiT
+from ..zimage_core.text_encoder import TextEncoder, load_text_encoder
+from ..zimage_core.vae import FluxVAE, load_vae
+from . import host
+
+TE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(eq=False)
+class TextEncoderModel:
+    """ZIMAGE_TEXT_ENCODER: the loaded Qwen3 encoder and the ComfyUI ModelPatcher managing it (None standalone)."""
+
+    encoder: TextEncoder
+    patcher: Any = None
+    name: str = ""
+
+    def load(self, memory_required: int = 0) -> TextEncoder:
+        """Put the encoder on its load device (ComfyUI may evict other models) and return it."""
+        host.load_to_device([self.patcher], memory_required)
+        self.encoder.device = host.module_device(self.encoder.model)
+        return self.encoder
+
+
+@dataclass(eq=False)
+class VAEModel:
+    """ZIMAGE_VAE: the loaded Flux VAE and its ModelPatcher (None standalone)."""
+
+    vae: FluxVAE
+    patcher: Any = None
+    name: str = ""
+
+    def load(self, memory_required: int = 0) -> FluxVAE:
+        host.load_to_device([self.patcher], memory_required)
+        return self.vae
+
+
+def load_dit_model(path, weight_dtype: str = "auto") -> PatchedDiT:
+    """Load a DiT on the offload device with the compute dtype of the load device, wrapped for ComfyUI."""
+    load_dev, offload_dev = host.devices("dit")
+    dit = load_dit(path, weight_dtype, offload_dev)
+    if load_dev != offload_dev:  # compute dtype is chosen for where it will run, not where it waits
+        storage = dit.layers[0].feed_forward.w1.weight.dtype if len(dit.layers) else torch.float32
+        dit.compute_dtype = default_dtypes(weight_dtype if weight_dtype != "auto" else storage, storage, load_dev)[1]
+    return PatchedDiT(dit, (), host=host.manage(dit, "dit"))
+
+
+class ZImageDiTLoader:
+    DESCRIPTION = ("Loads a Z-Image / Z-Image-Turbo diffusion transformer (S3-DiT) from models/diffusion_models "
+                   "(ComfyUI single file, bf16/fp8/scaled fp8) or a diffusers model folder in models/diffusers.")
+    CATEGORY = "Z-Image/loaders"
+    RETURN_TYPES = ("ZIMAGE_DIT",)
+    RETURN_NAMES = ("dit",)
+    OUTPUT_TOOLTIPS = ("The Z-Image DiT, for ZImageSampler (and LoRA / adaLN nodes of this pack).",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "dit_name": (host.model_names("diffusion_models"), {
+                "tooltip": "The DiT weights: a file in models/diffusion_models (e.g. z_image_turbo_bf16.safetensors) "
+                           "or a diffusers folder in models/diffusers (shown as diffusers/<folder>)."}),
+            "weight_dtype": (["auto", *WEIGHT_DTYPES], {
+                "default": "auto",
+                "tooltip": "Storage dtype of the weights. auto keeps the file's dtype (fp32 files become bf16 on a "
+                           "GPU); fp8 halves memory at a small quality cost."}),
+        }}
+
+    def load(self, dit_name, weight_dtype="auto"):
+        return (load_dit_model(host.resolve("diffusion_models", dit_name), weight_dtype),)
+
+
+class ZImageTextEncoderLoader:
+    DESCRIPTION = ("Loads the Qwen3-4B text encoder of Z-Image from models/text_encoders (qwen_3_4b.safetensors, "
+                   "a text_encoder folder) or a diffusers folder in models/diffusers, with its tokenizer.")
+    CATEGORY = "Z-Image/loaders"
+    RETURN_TYPES = ("ZIMAGE_TEXT_ENCODER",)
+    RETURN_NAMES = ("text_encoder",)
+    OUTPUT_TOOLTIPS = ("The Qwen3 text encoder, for ZImageTextEncode.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "text_encoder_name": (host.model_names("text_encoders"), {
+                "tooltip": "The Qwen3 weights: a file in models/text_encoders (e.g. qwen_3_4b.safetensors), a Hugging "
+                           "Face text_encoder folder there, or a diffusers folder in models/diffusers."}),
+            "dtype": (["auto", *TE_DTYPES], {
+                "default": "auto",
+                "tooltip": "Compute dtype. auto: ComfyUI's text-encoder dtype on a GPU (usually bf16), fp32 on the CPU."}),
+            "device": (["default", "cpu"], {
+                "default": "default",
+                "tooltip": "default: ComfyUI's text-encoder device (the GPU when it fits); cpu: always run on the CPU, "
+                           "saving GPU memory for the DiT (slower encoding)."}),
+        }}
+
+    def load(self, text_encoder_name, dtype="auto", device="default"):
+        path = host.resolve("text_encoders", text_encoder_name)
+        force_cpu = device == "cpu"
+        load_dev, offload_dev = host.devices("text_encoder", force_cpu)
+        dt = TE_DTYPES[dtype] if dtype != "auto" else host.text_encoder_dtype(load_dev)
+        te = load_text_encoder(path, dtype=dt, device=offload_dev, fallback_dirs=host.tokenizer_fallback_dirs(path))
+        return (TextEncoderModel(te, host.manage(te.model, "text_encoder", force_cpu), text_encoder_name),)
+
+
+class ZImageVAELoader:
+    DESCRIPTION = ("Loads the Flux VAE (ae.safetensors) used by Z-Image from models/vae, or the vae of a diffusers "
+                   "folder in models/diffusers.")
+    CATEGORY = "Z-Image/loaders"
+    RETURN_TYPES = ("ZIMAGE_VAE",)
+    RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("The Flux VAE, for ZImageVAEDecode / ZImageVAEEncode.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae_name": (host.model_names("vae"), {
+                "tooltip": "The Flux VAE: a file in models/vae (e.g. ae.safetensors) or a diffusers folder in "
+                           "models/diffusers."}),
+        }}
+
+    def load(self, vae_name):
+        path = host.resolve("vae", vae_name)
+        load_dev, offload_dev = host.devices("vae")
+        vae = load_vae(path, dtype=host.vae_dtype(load_dev), device=offload_dev)
+        return (VAEModel(vae, host.manage(vae, "vae"), vae_name),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "ZImageDiTLoader": ZImageDiTLoader,
+    "ZImageTextEncoderLoader": ZImageTextEncoderLoader,
+    "ZImageVAELoader": ZImageVAELoader,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "ZImageDiTLoader": "Z-Image DiT Loader",
+    "ZImageTextEncoderLoader": "Z-Image Text Encoder Loader",
+    "ZImageVAELoader": "Z-Image VAE Loader",
+}
