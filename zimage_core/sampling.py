@@ -69,7 +69,9 @@ def sample_euler(
 
     noise, latent_image: [B, 16, h, w] model-space float32; noise_mask: [B or 1, 1, h, w] in 0..1,
     1 = regenerate, 0 = keep latent_image (re-noised to each step's level, clean at the end).
-    step_controls(step, sigma, n_steps) -> extra `ZImageDiT.forward` kwargs for that step (adaLN controls).
+    step_controls(step, sigma, n_steps) -> extra `ZImageDiT.forward` kwargs for that step (adaLN controls);
+    a "context" entry (a Context, or a callable positive_context -> Context) replaces the positive
+    context for that step only (conditioning variance); the negative context is never replaced.
     """
     if noise_mask is not None and latent_image is None:
         raise InputError("an inpainting mask needs the input image latent to keep the unmasked area.")
@@ -84,14 +86,16 @@ def sample_euler(
     for i in range(steps):
         s, s_next = sig[i], sig[i + 1]
         sigma = torch.full((B,), s, device=device)
-        controls = step_controls(i, s, steps) if step_controls is not None else {}
+        controls = dict(step_controls(i, s, steps)) if step_controls is not None else {}
+        pos = controls.pop("context", None)
+        pos = context if pos is None else (pos(context) if callable(pos) else pos)
         if guidance is not None and guidance.active(s):
-            ctx = (context.repeat(B) if len(context) == 1 else context) + (
+            ctx = (pos.repeat(B) if len(pos) == 1 else pos) + (
                 guidance.negative.repeat(B) if len(guidance.negative) == 1 else guidance.negative)
             v_pos, v_neg = model.velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), ctx, **controls).chunk(2)
             v = guidance.combine(v_pos, v_neg)
         else:
-            v = model.velocity(x, sigma, context, **controls)
+            v = model.velocity(x, sigma, pos, **controls)
         x0 = x - s * v
         x = x + (s_next - s) * v
         if mask is not None:
