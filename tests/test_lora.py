@@ -292,6 +292,7 @@ def test_unused_keys_are_reported_in_a_warning_with_a_count(setup, tmp_path):
       "diffusion_model.single_blocks.0.linear1.lora_A.weight"], "Flux"),
     (["transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight"], "Flux"),
     (["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"], "Flux"),
+    (["transformer.transformer_blocks.0.attn.to_q.lora_A.weight"], "Flux"),
 ])
 def test_a_lora_of_another_family_is_refused_with_the_family(tmp_path, keys, family):
     save_file({k: torch.zeros(4, 8) for k in keys}, str(tmp_path / "other.safetensors"))

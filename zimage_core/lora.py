@@ -69,6 +69,8 @@ _FAMILIES = [
     (re.compile(r"(^|[._])(down_blocks|up_blocks|mid_block)[._]"), "SD 1.x / SDXL (diffusers UNet names)"),
     (re.compile(r"(^|[._])transformer_blocks[._]\d+[._](img_mod|txt_mod|img_mlp)"), "Qwen-Image"),
     (re.compile(r"(^|[._])blocks[._]\d+[._](self_attn|cross_attn)[._]"), "Wan video"),
+    (re.compile(r"(^|[._])transformer_blocks[._]\d+[._](attn|ff|ff_context|norm1)[._]"),
+     "Flux / SD3 (diffusers format)"),
 ]
 
 
@@ -312,7 +314,7 @@ def parse_lora(sd: dict[str, torch.Tensor], cfg: DiTConfig, path: str = "<state 
             keep, drop = (prev, ad) if prev.target.diffusers >= ad.target.diffusers else (ad, prev)
             chosen[slot_key] = keep
             unused.extend(drop.keys)
-            report.notes.append(f"{drop.keys[0]} duplicates {keep.keys[0]} (same weights); kept one")
+            report.notes.append(f"{drop.keys[0]} targets the same weights as {keep.keys[0]}; kept one")
             continue
         chosen[slot_key] = ad
     if shape_errors:
