@@ -35,13 +35,6 @@ def check_size(width: int, height: int) -> None:
         raise InputError(f"width and height must be positive multiples of {SPATIAL_MULTIPLE} ({hints}).")
 
 
-def initial_noise(seed: int, batch: int, height: int, width: int) -> torch.Tensor:
-    """The starting noise of a seed: CPU generator, float32, [B, 16, H/8, W/8]."""
-    g = torch.Generator("cpu").manual_seed(int(seed))
-    shape = (batch, LATENT_CHANNELS, height // VAE_SCALE_FACTOR, width // VAE_SCALE_FACTOR)
-    return torch.randn(shape, generator=g, dtype=torch.float32)
-
-
 def to_pixels(image: torch.Tensor) -> torch.Tensor:
     """VAE output [B, 3, H, W] in -1..1 -> IMAGE [B, H, W, 3] float32 0..1 on the CPU."""
     return (image.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
