@@ -1,0 +1,303 @@
+"""Benchmark: our core against diffusers on the same random weights, inputs and thread count.
+
+    python -m zimage_core.bench [--config scaled|full|smoke] [--out bench.json] [--repeats 3]
+
+Measures, with warm-up and the median of repeats:
+  load       loading the DiT file (ours vs diffusers from_single_file / from_pretrained), wall time and peak
+             RSS above the process baseline, each in a fresh subprocess (RSS peaks are per process);
+  forward    one DiT forward at 512x512 (1024 image tokens) in fp32, and achieved GFLOP/s against a measured
+             fp32 matmul peak;
+  generate   a full 8-step 512x512 generation (text encoder, DiT, VAE decode) in one process;
+  process    the whole `generate` process: import + load + generate + PNG, as a user runs it;
+  dtypes     bf16- and fp8-stored DiT (computed in fp32 on CPU): forward time and error against fp32.
+Prints a table and writes JSON with ours/diffusers ratios. Timings depend on the machine; only the ratios
+taken in the same run are comparable. Without diffusers installed only our side is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .transformer import DiTConfig
+
+CONFIGS = {
+    # runs in seconds on 2 CPU cores; head_dim 128 as in the real model
+    "scaled": dict(dit=DiTConfig(dim=1536, n_layers=8, n_refiner_layers=2, n_heads=12, ffn_dim=4096, cap_feat_dim=512),
+                   te=dict(hidden=512, layers=6, heads=8, kv_heads=4, head_dim=64, intermediate=1536),
+                   vae=((128, 256, 512, 512), 2), size=512),
+    "full": dict(dit=DiTConfig(), te=dict(hidden=2560, layers=36, heads=32, kv_heads=8, head_dim=128, intermediate=9728),
+                 vae=((128, 256, 512, 512), 2), size=1024),
+    "smoke": dict(dit=DiTConfig(dim=64, n_layers=2, n_refiner_layers=1, n_heads=4, ffn_dim=170, cap_feat_dim=64),
+                  te=dict(hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=128),
+                  vae=((32, 32, 64, 64), 1), size=128),
+}
+PROMPT = "a red fox sitting in the snow at sunrise, soft golden light, a wooden cabin in the background"
+
+
+def make_models(root: Path, name: str) -> dict[str, Path]:
+    """Random weights in the real formats: native DiT (fp32, bf16, fp8), diffusers model folder, TE, VAE."""
+    from safetensors.torch import save_file
+
+    from .tiny.dit import random_dit_state, write_diffusers_folder
+    from .tiny.text_encoder import write_tiny_text_encoder
+    from .tiny.vae import write_tiny_vae
+    from .vae import VAEConfig
+
+    cfg = CONFIGS[name]
+    model = root / "model"
+    paths = {"root": model, "dit": root / "dit_fp32.safetensors", "dit_bf16": root / "dit_bf16.safetensors",
+             "dit_fp8": root / "dit_fp8.safetensors"}
+    if paths["dit_fp8"].exists():
+        return {**paths, "te": model / "text_encoder", "tokenizer": model / "tokenizer", "vae": model / "vae"}
+    state = random_dit_state(cfg["dit"], seed=0)
+    save_file(state, str(paths["dit"]))
+    save_file({k: v.bfloat16() for k, v in state.items()}, str(paths["dit_bf16"]))
+    write_diffusers_folder(state, cfg["dit"], model / "transformer")
+    del state
+    te = write_tiny_text_encoder(model, **cfg["te"])
+    ch, blocks = cfg["vae"]
+    write_tiny_vae(model, cfg=VAEConfig(channels=ch, num_res_blocks=blocks))
+    (model / "scheduler").mkdir(exist_ok=True)
+    (model / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
+         "use_dynamic_shifting": False}))
+    (model / "model_index.json").write_text(json.dumps({
+        "_class_name": "ZImagePipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "Qwen3Model"], "tokenizer": ["transformers", "Qwen2Tokenizer"],
+        "transformer": ["diffusers", "ZImageTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}))
+    from .dit_loader import load_dit
+
+    fp8 = load_dit(paths["dit"], "fp8_e4m3fn").state_dict()
+    save_file({k: v.contiguous() for k, v in fp8.items()}, str(paths["dit_fp8"]))
+    return {**paths, "te": te["text_encoder"], "tokenizer": te["tokenizer"], "vae": model / "vae"}
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_peak_gflops(n: int = 2048) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t = _median_time(lambda: a @ b, 5)
+    return 2 * n**3 / t / 1e9
+
+
+def dit_forward_flops(cfg: DiTConfig, n_img: int, n_cap: int) -> float:
+    """Multiply-adds x2 of the matmuls and attention of one forward (the caption refiner included)."""
+    d, f = cfg.dim, cfg.ffn_dim
+
+    def block(s):
+        return 2 * s * d * 3 * d + 2 * s * d * d + 4 * s * s * d + 3 * 2 * s * d * f
+
+    n_img = n_img + (-n_img) % 32
+    n_cap = n_cap + (-n_cap) % 32
+    return cfg.n_refiner_layers * (block(n_img) + block(n_cap)) + cfg.n_layers * block(n_img + n_cap)
+
+
+# -- load, in a fresh process each ------------------------------------------------------------------
+_LOAD_SCRIPT = r"""
+import json, sys, time, psutil, torch
+kind, path = sys.argv[1], sys.argv[2]
+if kind.startswith("diffusers"):
+    import diffusers
+else:
+    import zimage_core.dit_loader
+torch.ones(8) @ torch.ones(8)  # torch's lazy start-up belongs to the baseline
+base = psutil.Process().memory_info().rss
+t0 = time.perf_counter()
+if kind == "ours":
+    m = zimage_core.dit_loader.load_dit(path, "auto")
+elif kind == "diffusers_single_file":
+    m = diffusers.ZImageTransformer2DModel.from_single_file(path, config=sys.argv[3], subfolder="transformer",
+                                                            torch_dtype=torch.float32)
+else:
+    m = diffusers.ZImageTransformer2DModel.from_pretrained(path, torch_dtype=torch.float32)
+dt = time.perf_counter() - t0
+# VmHWM is this process's own peak; ru_maxrss would include the parent's RSS inherited at fork
+peak = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) * 1024
+print(json.dumps({"seconds": dt, "peak_rss_above_baseline": peak - base}))
+"""
+
+
+def measure_load(kind: str, path: Path, threads: int, model_root: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    r = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, kind, str(path), str(model_root)], capture_output=True,
+                       text=True, env=env)
+    if r.returncode:
+        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+_DIFFUSERS_PROCESS = r"""
+import sys, torch, diffusers
+root, size, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+pipe = diffusers.ZImagePipeline.from_pretrained(root, torch_dtype=torch.float32)
+img = pipe(sys.argv[4], height=size, width=size, num_inference_steps=8, guidance_scale=0.0,
+           generator=torch.Generator("cpu").manual_seed(0)).images[0]
+img.save(out)
+"""
+
+
+def measure_process(paths: dict, size: int, threads: int, have_diffusers: bool, tmp: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    ours_cmd = [sys.executable, "-m", "zimage_core", "generate", "--dit", str(paths["dit"]), "--text-encoder",
+                str(paths["te"]), "--vae", str(paths["vae"]), "--tokenizer", str(paths["tokenizer"]), "--prompt",
+                PROMPT, "--width", str(size), "--height", str(size), "--steps", "8", "--out", str(tmp / "ours.png")]
+    cmds = {"ours": ours_cmd}
+    if have_diffusers:
+        cmds["diffusers"] = [sys.executable, "-c", _DIFFUSERS_PROCESS, str(paths["root"]), str(size),
+                             str(tmp / "diffusers.png"), PROMPT]
+    out = {}
+    for name, cmd in cmds.items():
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        out[name] = time.perf_counter() - t0 if r.returncode == 0 else None
+        if r.returncode:
+            print(f"{name} process failed: {r.stderr[-500:]}", file=sys.stderr)
+    return out
+
+
+def run(name: str, repeats: int, threads: int, workdir: Path | None) -> dict:
+    torch.set_num_threads(threads)
+    try:
+        import diffusers
+    except ImportError:
+        diffusers = None
+    cfg = CONFIGS[name]
+    tmp = Path(workdir or tempfile.mkdtemp(prefix="zimage-bench-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    paths = make_models(tmp, name)
+    size = cfg["size"]
+    result = {"config": name, "dit": cfg["dit"].__dict__, "size": size, "threads": threads, "repeats": repeats,
+              "torch": torch.__version__, "diffusers": getattr(diffusers, "__version__", None)}
+    weight_bytes = paths["dit"].stat().st_size
+
+    # 1. load
+    load = {"ours": measure_load("ours", paths["dit"], threads, paths["root"])}
+    if diffusers:
+        load["diffusers_single_file"] = measure_load("diffusers_single_file", paths["dit"], threads, paths["root"])
+        load["diffusers_from_pretrained"] = measure_load("diffusers_from_pretrained", paths["root"] / "transformer",
+                                                         threads, paths["root"])
+    result["load"] = {**load, "weight_bytes": weight_bytes}
+
+    # 2. one DiT forward, fp32
+    from .dit_loader import load_dit
+    from .pipeline import ZImagePipeline
+
+    ours = load_dit(paths["dit"], "fp32")
+    g = torch.Generator().manual_seed(0)
+    lat = size // 8
+    x = torch.randn(1, 16, lat, lat, generator=g)
+    cap = torch.randn(77, cfg["dit"].cap_feat_dim, generator=g)
+    t = torch.tensor([0.5])
+    with torch.no_grad():
+        fwd = {"ours": _median_time(lambda: ours(x, t, [cap]), repeats)}
+        ref = None
+        if diffusers:
+            ref = diffusers.ZImageTransformer2DModel.from_pretrained(str(paths["root"] / "transformer")).eval()
+            fwd["diffusers"] = _median_time(lambda: ref([x[0, :, None]], t, [cap], return_dict=False), repeats)
+        base = ours(x, t, [cap])
+    flops = dit_forward_flops(cfg["dit"], (lat // 2) ** 2, 77)
+    peak = matmul_peak_gflops()
+    fwd.update(gflop=flops / 1e9, ours_gflops=flops / fwd["ours"] / 1e9, matmul_peak_gflops=peak)
+    result["forward"] = fwd
+
+    # 3. stored dtypes (compute fp32 on CPU)
+    dtypes = {}
+    for label, key in (("bf16", "dit_bf16"), ("fp8_e4m3fn", "dit_fp8")):
+        m = load_dit(paths[key], "auto")
+        with torch.no_grad():
+            secs = _median_time(lambda m=m: m(x, t, [cap]), repeats)
+            err = ((m(x, t, [cap]) - base).norm() / base.norm()).item()
+        dtypes[label] = {"forward_s": secs, "rel_err_vs_fp32": err, "file_bytes": paths[key].stat().st_size}
+        del m
+    result["dtypes"] = dtypes
+    del ours, ref
+
+    # 4. full generation in one process
+    gen = {}
+    pipe = ZImagePipeline.from_files(paths["dit"], paths["te"], paths["vae"], paths["tokenizer"], "fp32")
+    gen["ours"] = _median_time(lambda: pipe.generate(PROMPT, width=size, height=size, steps=8, seed=0), repeats)
+    del pipe
+    if diffusers:
+        dpipe = diffusers.ZImagePipeline.from_pretrained(str(paths["root"]), torch_dtype=torch.float32)
+        gen["diffusers"] = _median_time(lambda: dpipe(PROMPT, height=size, width=size, num_inference_steps=8,
+                                                      guidance_scale=0.0, output_type="np"), repeats)
+        del dpipe
+    result["generate"] = gen
+
+    # 5. whole process
+    result["process"] = measure_process(paths, size, threads, diffusers is not None, tmp)
+
+    def ratio(d, a="ours", b="diffusers"):
+        return d[a] / d[b] if d.get(a) and d.get(b) else None
+
+    result["ratios"] = {
+        "forward": ratio(fwd), "generate": ratio(gen), "process": ratio(result["process"]),
+        "load_vs_single_file": ratio({"a": load["ours"].get("seconds"), "b": load.get("diffusers_single_file", {}).get("seconds")}, "a", "b"),
+        "load_vs_from_pretrained": ratio({"a": load["ours"].get("seconds"), "b": load.get("diffusers_from_pretrained", {}).get("seconds")}, "a", "b"),
+        "load_peak_rss_over_weight_bytes": load["ours"].get("peak_rss_above_baseline", 0) / weight_bytes,
+    }
+    result["peak_rss_bytes"] = __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss * 1024
+    return result
+
+
+def print_table(r: dict) -> None:
+    def f(v, unit="s"):
+        return "-" if v is None else f"{v:.3f}{unit}"
+
+    print(f"\nZ-Image benchmark, config '{r['config']}' ({r['size']}x{r['size']}, {r['threads']} threads, "
+          f"median of {r['repeats']}), torch {r['torch']}, diffusers {r['diffusers']}")
+    print(f"{'measure':34s} {'ours':>10s} {'diffusers':>10s} {'ours/diff':>10s}")
+    L = r["load"]
+    for label, ref in (("load DiT (vs from_single_file)", "diffusers_single_file"),
+                       ("load DiT (vs from_pretrained)", "diffusers_from_pretrained")):
+        o, d = L["ours"].get("seconds"), L.get(ref, {}).get("seconds")
+        print(f"{label:34s} {f(o):>10s} {f(d):>10s} {f(o / d if o and d else None, ''):>10s}")
+    o, d = L["ours"].get("peak_rss_above_baseline"), L.get("diffusers_single_file", {}).get("peak_rss_above_baseline")
+    print(f"{'load peak RSS / weight bytes':34s} {f(o / L['weight_bytes'], 'x'):>10s} "
+          f"{f(d / L['weight_bytes'] if d else None, 'x'):>10s}")
+    for label, key in (("DiT forward (fp32)", "forward"), ("generate 8 steps", "generate"), ("whole process", "process")):
+        o, d = r[key].get("ours"), r[key].get("diffusers")
+        print(f"{label:34s} {f(o):>10s} {f(d):>10s} {f(o / d if o and d else None, ''):>10s}")
+    fw = r["forward"]
+    print(f"DiT forward: {fw['gflop']:.1f} GFLOP, {fw['ours_gflops']:.1f} GFLOP/s achieved, "
+          f"fp32 matmul peak {fw['matmul_peak_gflops']:.1f} GFLOP/s ({fw['ours_gflops'] / fw['matmul_peak_gflops']:.0%})")
+    for k, v in r["dtypes"].items():
+        print(f"{k} storage: forward {v['forward_s']:.3f}s, rel. error vs fp32 {v['rel_err_vs_fp32']:.2e}, "
+              f"file {v['file_bytes'] / 2**20:.0f} MiB")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m zimage_core.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", choices=list(CONFIGS), default="scaled")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--workdir", help="keep the generated weights here (reused across runs)")
+    p.add_argument("--out", default="bench.json")
+    args = p.parse_args(argv)
+    r = run(args.config, args.repeats, args.threads, Path(args.workdir) if args.workdir else None)
+    print_table(r)
+    Path(args.out).write_text(json.dumps(r, indent=1))
+    print(f"\nJSON written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
