@@ -178,6 +178,19 @@ def test_conditioning_variance_is_seeded_and_limited_to_the_first_steps(dit, dat
     assert torch.equal(ConditioningVariance(0.5, 0.3, 7).noisy(ctx).tokens[0], a.tokens[0])
 
 
+def test_two_chained_variance_patches_both_apply(dit, data):
+    _, ctx, _ = data
+    a, b = ConditioningVariance(0.5, 0.3, 7), ConditioningVariance(0.5, 0.3, 8)
+    pd = PatchedDiT(dit, (a, b))
+    with pd.applied():
+        got = pd.step_controls(0, 1.0, STEPS)["context"](ctx)
+        expected = b.noisy(a.noisy(ctx))
+    assert torch.equal(got.tokens[0], expected.tokens[0])
+    assert not torch.equal(got.tokens[0], a.noisy(ctx).tokens[0])
+    assert not torch.equal(sample(dit, data, a, b), sample(dit, data, b))
+
+
+@torch.no_grad()
 def test_variance_with_cfg_keeps_the_negative_prompt(dit, data):
     noise, ctx, neg = data
     seen = []

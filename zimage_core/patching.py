@@ -43,12 +43,15 @@ class PatchedDiT:
                 p.uninstall(self.dit)
 
     def step_controls(self, step: int, sigma: float, n_steps: int) -> dict:
-        """Merged per-step forward kwargs of all patches (mod hooks compose in patch order)."""
-        hooks, out = [], {}
+        """Merged per-step forward kwargs of all patches. Mod hooks and context transforms compose in patch
+        order (two ConditioningVariance patches both apply); other entries (`adaln_t`): the last patch wins."""
+        hooks, contexts, out = [], [], {}
         for p in self.patches:
-            ctl = p.step_controls(step, sigma, n_steps) if hasattr(p, "step_controls") else {}
+            ctl = dict(p.step_controls(step, sigma, n_steps)) if hasattr(p, "step_controls") else {}
             if "mod_hook" in ctl:
                 hooks.append(ctl.pop("mod_hook"))
+            if "context" in ctl:
+                contexts.append(ctl.pop("context"))
             out.update(ctl)
         if hooks:
             def mod_hook(stage, index, mod, hooks=tuple(hooks)):
@@ -56,4 +59,10 @@ class PatchedDiT:
                     mod = h(stage, index, mod)
                 return mod
             out["mod_hook"] = mod_hook
+        if contexts:
+            def context(ctx, contexts=tuple(contexts)):
+                for c in contexts:
+                    ctx = c(ctx) if callable(c) else c
+                return ctx
+            out["context"] = context
         return out
