@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -254,7 +255,7 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None) -> dict:
         "load_vs_from_pretrained": ratio({"a": load["ours"].get("seconds"), "b": load.get("diffusers_from_pretrained", {}).get("seconds")}, "a", "b"),
         "load_peak_rss_over_weight_bytes": load["ours"].get("peak_rss_above_baseline", 0) / weight_bytes,
     }
-    result["peak_rss_bytes"] = __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return result
 
 

@@ -107,9 +107,6 @@ class WeightSource:
         name = self._open(self._where[key]).get_slice(key).get_dtype()
         return SAFETENSORS_DTYPES.get(name, torch.float32)
 
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {k: self.shape(k) for k in self._where}
-
     def get(self, key: str) -> torch.Tensor:
         f = self._where[key]
         try:
@@ -183,14 +180,13 @@ def identify(keys: list[str], shape=lambda k: None) -> Identity:
         return Identity("other", "a Stable Diffusion 1.x/2.x UNet", None)
     if has("down_blocks.") and has("up_blocks.") and has("time_embedding."):
         return Identity("other", "a diffusers UNet (SD/SDXL)", None)
-    for conv in ("decoder.conv_in.weight",):
-        k = ends(conv)
-        if k and (has("encoder.down") or has("decoder.up")):
-            s = shape(k)
-            if s is not None and s[1] == 16:
-                return Identity("vae", "a Flux VAE (16-channel)", "ZImageVAELoader")
-            ch = f"{s[1]}-channel " if s is not None else ""
-            return Identity("other", f"a {ch}VAE that is not the Flux VAE", None)
+    k = ends("decoder.conv_in.weight")
+    if k and (has("encoder.down") or has("decoder.up")):
+        s = shape(k)
+        if s is not None and s[1] == 16:
+            return Identity("vae", "a Flux VAE (16-channel)", "ZImageVAELoader")
+        ch = f"{s[1]}-channel " if s is not None else ""
+        return Identity("other", f"a {ch}VAE that is not the Flux VAE", None)
     if has("self_attn.q_proj.") and has("embed_tokens."):
         if has("self_attn.q_norm."):
             return Identity("text_encoder", "a Qwen3 text encoder", "ZImageTextEncoderLoader")
