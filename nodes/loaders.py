@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..zimage_core.dit_loader import WEIGHT_DTYPES, default_dtypes, load_dit
+from ..zimage_core.offload import MEMORY_PRESETS
 from ..zimage_core.patching import PatchedDiT
 from ..zimage_core.text_encoder import TextEncoder, load_text_encoder
 from ..zimage_core.vae import FluxVAE, load_vae
@@ -44,7 +45,7 @@ class VAEModel:
         return self.vae
 
 
-def load_dit_model(path, weight_dtype: str = "auto") -> PatchedDiT:
+def load_dit_model(path, weight_dtype: str = "auto", memory: str = "auto") -> PatchedDiT:
     """Load a DiT on the offload device with the compute dtype of the load device, wrapped for ComfyUI."""
     load_dev, offload_dev = host.devices("dit")
     dit = load_dit(path, weight_dtype, offload_dev)
@@ -73,10 +74,15 @@ class ZImageDiTLoader:
                 "default": "auto",
                 "tooltip": "Storage dtype of the weights. auto keeps the file's dtype (fp32 files become bf16 on a "
                            "GPU); fp8 halves memory at a small quality cost."}),
+            "memory": (list(MEMORY_PRESETS), {
+                "default": "auto",
+                "tooltip": "GPU memory preset. auto: keep the whole DiT on the GPU when it fits, else stream blocks; "
+                           "high: always whole; 12GB / 8GB / 6GB: keep only some transformer blocks on the GPU and "
+                           "stream the rest from pinned CPU memory (slower, much less VRAM). No effect on the CPU."}),
         }}
 
-    def load(self, dit_name, weight_dtype="auto"):
-        return (load_dit_model(host.resolve("diffusion_models", dit_name), weight_dtype),)
+    def load(self, dit_name, weight_dtype="auto", memory="auto"):
+        return (load_dit_model(host.resolve("diffusion_models", dit_name), weight_dtype, memory),)
 
 
 class ZImageTextEncoderLoader:
