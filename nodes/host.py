@@ -147,6 +147,13 @@ def vae_dtype(device: torch.device) -> torch.dtype:
         return torch.float32
 
 
+def total_memory(device: torch.device) -> int | None:
+    """Total memory of a GPU in bytes (ComfyUI's view, honouring --reserve-vram); None for the CPU."""
+    if not IN_COMFYUI or device.type == "cpu":
+        return None
+    return int(mm.get_total_memory(device))
+
+
 def intermediate_device() -> torch.device:
     return mm.intermediate_device() if IN_COMFYUI else _CPU
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
-from ..zimage_core.dit_loader import WEIGHT_DTYPES, default_dtypes, load_dit
-from ..zimage_core.offload import MEMORY_PRESETS
+from ..zimage_core.dit_loader import WEIGHT_DTYPES, load_dit
+from ..zimage_core.errors import InputError
+from ..zimage_core.offload import MEMORY_PRESETS, blocks_to_keep, enable_block_offload
 from ..zimage_core.patching import PatchedDiT
 from ..zimage_core.text_encoder import TextEncoder, load_text_encoder
 from ..zimage_core.vae import FluxVAE, load_vae
@@ -46,13 +47,21 @@ class VAEModel:
 
 
 def load_dit_model(path, weight_dtype: str = "auto", memory: str = "auto") -> PatchedDiT:
-    """Load a DiT on the offload device with the compute dtype of the load device, wrapped for ComfyUI."""
+    """Load a DiT on the offload device with the compute dtype of the load device, wrapped for ComfyUI.
+
+    On a GPU the weights stay memory-mapped until ComfyUI moves them; on the CPU they are read into
+    ordinary memory (faster matmuls than file-backed pages). A memory preset that does not fit the whole
+    DiT on the GPU turns on block streaming, and ComfyUI then manages only the part kept on the GPU.
+    """
+    if memory not in MEMORY_PRESETS:
+        raise InputError(f"ZImageDiTLoader: memory preset '{memory}' is not one of {', '.join(MEMORY_PRESETS)}.")
     load_dev, offload_dev = host.devices("dit")
-    dit = load_dit(path, weight_dtype, offload_dev)
-    if load_dev != offload_dev:  # compute dtype is chosen for where it will run, not where it waits
-        storage = dit.layers[0].feed_forward.w1.weight.dtype if len(dit.layers) else torch.float32
-        dit.compute_dtype = default_dtypes(weight_dtype if weight_dtype != "auto" else storage, storage, load_dev)[1]
-    return PatchedDiT(dit, (), host=host.manage(dit, "dit"))
+    dit = load_dit(path, weight_dtype, offload_dev, mmap=load_dev.type != "cpu", compute_device=load_dev)
+    managed = dit
+    keep = blocks_to_keep(dit, memory, host.total_memory(load_dev)) if load_dev.type == "cuda" else None
+    if keep is not None:
+        managed = enable_block_offload(dit, keep, load_dev).resident()
+    return PatchedDiT(dit, (), host=host.manage(managed, "dit"))
 
 
 class ZImageDiTLoader:

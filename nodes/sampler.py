@@ -127,7 +127,9 @@ def _memory_estimate(dit, samples: torch.Tensor, n_ctx: int, cfg: bool) -> int:
     b, _, h, w = samples.shape
     tokens = (h // 2) * (w // 2) + n_ctx + 64
     per = tokens * dit.cfg.dim * 4 * 24  # activations of one block in fp32 with attention, generous
-    return int(b * (2 if cfg else 1) * per)
+    streamer = getattr(dit, "block_streamer", None)
+    slots = 2 * streamer.slot_bytes if streamer is not None else 0  # block offloading's two device slots
+    return int(b * (2 if cfg else 1) * per) + slots
 
 
 # ------------------------------------------------------------------------------------------------ node

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .errors import ZImageError
+from .offload import MEMORY_PRESETS
 
 
 def _tiny_dir() -> Path:
@@ -86,7 +87,8 @@ def cmd_generate(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    pipe = ZImagePipeline.from_files(args.dit, args.text_encoder, args.vae, args.tokenizer, args.weight_dtype, args.device)
+    pipe = ZImagePipeline.from_files(args.dit, args.text_encoder, args.vae, args.tokenizer, args.weight_dtype, args.device,
+                                     args.memory)
     t_load = time.perf_counter() - t0
     params = {k: v for k, v in vars(args).items() if k not in ("func", "tiny_dir", "threads")}
     params = {k: str(v) if isinstance(v, Path) else v for k, v in params.items()}
@@ -132,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cfg-normalization", type=float, default=0.0)
     g.add_argument("--weight-dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2"])
     g.add_argument("--device", default="cpu")
+    g.add_argument("--memory", default="auto", choices=list(MEMORY_PRESETS),
+                   help="GPU memory preset: high = whole DiT on the GPU; 12GB/8GB/6GB stream part of the blocks "
+                        "from pinned CPU memory; auto decides from the GPU's memory (no effect on the CPU)")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     g.add_argument("--tiny", action="store_true", help="use (and create if needed) the tiny random test models")
     g.add_argument("--tiny-dir", default=str(_tiny_dir()))

@@ -41,6 +41,9 @@ class PatchedDiT:
         finally:
             for p in reversed(done):
                 p.uninstall(self.dit)
+            streamer = getattr(self.dit, "block_streamer", None)
+            if streamer is not None:  # give the streaming slots back between runs
+                streamer.release()
 
     def step_controls(self, step: int, sigma: float, n_steps: int) -> dict:
         """Merged per-step forward kwargs of all patches. Mod hooks and context transforms compose in patch

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .dit_loader import load_dit
+from .offload import MEMORY_PRESETS, blocks_to_keep, enable_block_offload
 from .errors import InputError
 from .latent import LATENT_CHANNELS, SPATIAL_MULTIPLE, VAE_SCALE_FACTOR, to_model_space, to_vae_space
 from .sampling import Guidance, StepCallback, sample_euler
@@ -60,15 +61,52 @@ class ZImagePipeline:
     dit: ZImageDiT
     text_encoder: TextEncoder
     vae: FluxVAE
+    offload_text_encoder: bool = False  # keep the text encoder on the CPU except while it encodes
 
     @classmethod
     def from_files(cls, dit: str | Path, text_encoder: str | Path, vae: str | Path, tokenizer: str | Path | None = None,
-                   weight_dtype: str = "auto", device: str = "cpu") -> ZImagePipeline:
-        return cls(
-            load_dit(dit, weight_dtype, device),
-            load_text_encoder(text_encoder, device=device, tokenizer_path=tokenizer),
-            load_vae(vae, device=device),
-        )
+                   weight_dtype: str = "auto", device: str = "cpu", memory: str = "auto") -> ZImagePipeline:
+        """Load the three models. On a GPU, `memory` (a preset of offload.MEMORY_PRESETS) may keep only part
+        of the DiT on the GPU and stream the rest (see offload.py); on the CPU it has no effect."""
+        if memory not in MEMORY_PRESETS:
+            raise InputError(f"memory preset '{memory}' is not one of {', '.join(MEMORY_PRESETS)}.")
+        device = torch.device(device)
+        keep = None
+        if device.type == "cuda":
+            total = torch.cuda.get_device_properties(device).total_memory
+            model = load_dit(dit, weight_dtype, "cpu", compute_device=device)
+            keep = blocks_to_keep(model, memory, total)
+            if keep is None:
+                model.to(device)
+            else:
+                enable_block_offload(model, keep, device).resident().to(device)
+        else:
+            model = load_dit(dit, weight_dtype, device, mmap=False)
+        te = load_text_encoder(text_encoder, torch.bfloat16 if device.type == "cuda" else torch.float32,
+                               "cpu" if keep is not None else device, tokenizer)
+        # with a streamed DiT the GPU is short: the text encoder waits on the CPU between prompts
+        return cls(model, te, load_vae(vae, device=device), offload_text_encoder=keep is not None)
+
+    def encode_prompts(self, prompts: list[str]) -> list[torch.Tensor]:
+        """Caption features of each prompt. An offloaded text encoder (low-memory presets) waits on the CPU,
+        visits the GPU for the encoding when it fits in the free memory (else encodes on the CPU) and goes
+        back to the CPU right after, so the DiT has the GPU to itself while sampling."""
+        te = self.text_encoder
+        if not self.offload_text_encoder:
+            return te.encode(prompts)
+        gpu = self.dit.x_pad_token.device
+        te_bytes = sum(p.numel() * p.element_size() for p in te.model.parameters())
+        if torch.cuda.mem_get_info(gpu)[0] < te_bytes * 1.2:
+            return te.encode(prompts)
+        cpu = te.device
+        te.model.to(gpu)
+        te.device = gpu
+        try:
+            return te.encode(prompts)
+        finally:
+            te.model.to(cpu)
+            te.device = cpu
+            torch.cuda.empty_cache()
 
     @torch.no_grad()
     def generate(
@@ -110,10 +148,10 @@ class ZImagePipeline:
             sig = denoise_sigmas(sig, denoise)
 
         dit = self.dit
-        pos = dit.encode_context(self.text_encoder.encode([prompt]))
+        pos = dit.encode_context(self.encode_prompts([prompt]))
         guidance = None
         if cfg != 1.0:
-            neg = dit.encode_context(self.text_encoder.encode([negative_prompt or ""]))
+            neg = dit.encode_context(self.encode_prompts([negative_prompt or ""]))
             guidance = Guidance(neg, cfg, cfg_truncation, cfg_normalization)
 
         g = torch.Generator("cpu").manual_seed(int(seed))
