@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..zimage_core.errors import InputError
+from ..zimage_core.offload import free_memory as free_memory_of
 
 log = logging.getLogger("zimage_nodes")
 
@@ -152,6 +153,16 @@ def total_memory(device: torch.device) -> int | None:
     if not IN_COMFYUI or device.type == "cpu":
         return None
     return int(mm.get_total_memory(device))
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free memory on a device in bytes: ComfyUI's count inside ComfyUI, else the core's estimate."""
+    if IN_COMFYUI:
+        try:
+            return int(mm.get_free_memory(device))
+        except Exception:  # an exotic device ComfyUI cannot measure
+            return None
+    return free_memory_of(device)
 
 
 def intermediate_device() -> torch.device:

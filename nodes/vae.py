@@ -45,15 +45,18 @@ class ZImageVAEDecode:
             },
             "optional": {
                 "tiled": ("BOOLEAN", {"default": False,
-                                      "tooltip": "Decode in overlapping tiles to save memory on large images "
+                                      "tooltip": "Always decode in overlapping tiles. Off: decode whole, and tile "
+                                                 "automatically only when the image would not fit in free memory "
                                                  "(e.g. 2048x2048 on a small GPU)."}),
             },
         }
 
     def decode(self, vae, latent, tiled=False):
         z = check_latent(latent, "latent")
-        model = vae.load(int(z.numel()) * 64 * 4 * 8)
-        return (decode(model, z.to(host.module_device(model)), bool(tiled)),)
+        need = vae.vae.decode_bytes(tuple(z.shape))
+        model = vae.load(need)  # ComfyUI frees this much for the VAE when it can
+        dev = host.module_device(model)
+        return (decode(model, z.to(dev), True if tiled else None, host.free_memory(dev)),)
 
 
 class ZImageVAEEncode:

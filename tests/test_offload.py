@@ -142,3 +142,34 @@ def test_auto_preset_keeps_everything_when_it_fits_and_streams_when_not():
     assert blocks_to_keep(model, "auto", 8 * GiB) == blocks_to_keep(model, "8GB", None)
     with pytest.raises(InputError, match="memory preset 'lots'"):
         blocks_to_keep(model, "lots", None)
+
+
+@torch.no_grad()
+def test_vae_decode_tiles_automatically_only_when_memory_is_short(tiny, monkeypatch):
+    from zimage_core.pipeline import decode
+    from zimage_core.vae import load_vae
+
+    vae = load_vae(tiny["vae"])
+    z = torch.randn(1, 16, 8, 12, generator=torch.Generator().manual_seed(0))
+    need = vae.decode_bytes(tuple(z.shape))
+    assert need == 10 * 64 * 96 * vae.cfg.channels[0] * 4
+    calls = []
+    monkeypatch.setattr(vae, "decode", lambda x: calls.append("whole") or torch.zeros(1, 3, 64, 96))
+    monkeypatch.setattr(vae, "decode_tiled", lambda x: calls.append("tiled") or torch.zeros(1, 3, 64, 96))
+    decode(vae, z, None, free=need + 1)
+    decode(vae, z, None, free=need - 1)
+    decode(vae, z, True, free=10 * need)  # forced on
+    decode(vae, z, False, free=1)  # forced off
+    monkeypatch.setattr("zimage_core.pipeline.free_memory", lambda device: need // 2)
+    decode(vae, z)  # default: the device's free memory
+    monkeypatch.setattr("zimage_core.pipeline.free_memory", lambda device: None)
+    decode(vae, z)  # unknown: whole
+    assert calls == ["whole", "tiled", "tiled", "whole", "tiled", "whole"]
+
+
+def test_free_memory_of_the_cpu_is_known():
+    from zimage_core.offload import free_memory
+
+    free = free_memory("cpu")
+    assert free is None or free > 0
+    assert free_memory("meta") is None

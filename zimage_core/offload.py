@@ -34,6 +34,24 @@ RESERVE_BYTES = 2 * GiB
 _ALIGN = 256  # byte alignment of each tensor inside a slot
 
 
+def free_memory(device: torch.device | str) -> int | None:
+    """Bytes that can still be allocated on a device (a GPU: free + cached by torch; the CPU: the kernel's
+    MemAvailable), or None when unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
 def module_bytes(module: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 

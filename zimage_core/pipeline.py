@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .dit_loader import load_dit
-from .offload import MEMORY_PRESETS, blocks_to_keep, enable_block_offload
+from .offload import MEMORY_PRESETS, blocks_to_keep, enable_block_offload, free_memory
 from .errors import InputError
 from .latent import LATENT_CHANNELS, SPATIAL_MULTIPLE, VAE_SCALE_FACTOR, to_model_space, to_vae_space
 from .sampling import Guidance, StepCallback, sample_euler
@@ -22,8 +22,6 @@ from .schedules import check_sigmas, denoise_sigmas, flow_sigmas
 from .text_encoder import TextEncoder, load_text_encoder
 from .transformer import ZImageDiT
 from .vae import FluxVAE, load_vae
-
-TILED_DECODE_PIXELS = 1536 * 1536  # above this many pixels per image, decode in tiles
 
 
 def check_size(width: int, height: int) -> None:
@@ -48,11 +46,12 @@ def from_pixels(image: torch.Tensor) -> torch.Tensor:
     return image[..., :3].permute(0, 3, 1, 2).float() * 2 - 1
 
 
-def decode(vae: FluxVAE, latent_raw: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
-    """VAE-raw latent -> IMAGE; `tiled=None` tiles automatically above TILED_DECODE_PIXELS."""
-    h, w = latent_raw.shape[-2:]
+def decode(vae: FluxVAE, latent_raw: torch.Tensor, tiled: bool | None = None, free: int | None = None) -> torch.Tensor:
+    """VAE-raw latent -> IMAGE. `tiled=None` (auto) decodes in tiles only when the untiled decode would not
+    fit in `free` bytes (default: what the VAE's device has free now); tiling is seamless-ish but not exact."""
     if tiled is None:
-        tiled = h * w * VAE_SCALE_FACTOR**2 > TILED_DECODE_PIXELS
+        free = free_memory(vae.device) if free is None else free
+        tiled = free is not None and vae.decode_bytes(tuple(latent_raw.shape)) > free
     return to_pixels(vae.decode_tiled(latent_raw) if tiled else vae.decode(latent_raw))
 
 
