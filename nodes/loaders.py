@@ -83,6 +83,7 @@ class ZImageDiTLoader:
                 "default": "auto",
                 "tooltip": "Storage dtype of the weights. auto keeps the file's dtype (fp32 files become bf16 on a "
                            "GPU); fp8 halves memory at a small quality cost."}),
+        }, "optional": {
             "memory": (list(MEMORY_PRESETS), {
                 "default": "auto",
                 "tooltip": "GPU memory preset. auto: keep the whole DiT on the GPU when it fits, else stream blocks; "
