@@ -1,0 +1,399 @@
+"""The editor extension (web/js) and the example workflows in ComfyUI's real frontend (headless Chromium).
+
+Two groups:
+- Plain Node.js, no ComfyUI: `node --check` on every web/js file and unit checks of the pure helpers in
+  web/js/zimage_util.js (skipped when `node` is missing).
+- In the browser, behind COMFYUI_PATH: one ComfyUI server and one Chromium page for the whole module (see
+  tests/frontend.py and tests/README.md). The extension loads and registers without errors, every UI
+  workflow in workflows/*.json loads with no missing node type and queues exactly its API twin in
+  workflows/api/, the resolution preset picker of ZImageEmptyLatent and the enhanced-prompt display of
+  ZImagePromptEnhancer work without changing what is saved or queued.
+
+Run:  COMFYUI_PATH=/work/comfyui /work/comfy-venv/bin/python -m pytest -q tests/test_frontend.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from frontend import ComfyUIPage, missing_tools, node_executable  # noqa: E402
+
+REPO_ROOT = HERE.parent
+WEB_JS = REPO_ROOT / "web" / "js"
+JS_FILES = sorted(WEB_JS.glob("*.js"))
+# ZIMAGE_WORKFLOWS_DIR: check another folder of workflows (with its own api/ twins) instead of workflows/.
+WORKFLOWS_DIR = Path(os.environ.get("ZIMAGE_WORKFLOWS_DIR") or REPO_ROOT / "workflows").resolve()
+WORKFLOWS = sorted(p for p in WORKFLOWS_DIR.glob("*.json") if p.name != "index.json")
+API_DIR = WORKFLOWS_DIR / "api"
+EXTENSION_NAME = "ZImage.Editor"
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+
+
+def _pack_categories():
+    """{node id: category} of the pack, read from nodes/*.py without importing them."""
+    out = {}
+    for py in sorted((REPO_ROOT / "nodes").glob("*.py")):
+        src = py.read_text(encoding="utf-8")
+        for m in re.finditer(r"^class (ZImage\w+):.*?^    CATEGORY = \"([^\"]+)\"", src, re.S | re.M):
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+# ============================================================================ plain Node.js (no ComfyUI)
+
+def _node():
+    node = node_executable()
+    if not node:
+        pytest.skip("Node.js (`node`) is not installed: the JavaScript checks need it")
+    return node
+
+
+def test_web_js_exists():
+    assert (WEB_JS / "zimage.js").is_file() and (WEB_JS / "zimage_util.js").is_file()
+    assert not list((REPO_ROOT / "web").rglob("node_modules")), "node_modules must never be in the pack"
+
+
+@pytest.mark.parametrize("path", JS_FILES, ids=[p.name for p in JS_FILES])
+def test_js_syntax(path, tmp_path):
+    node = _node()
+    copy = tmp_path / (path.stem + ".mjs")  # .mjs: parsed as an ES module by every Node version
+    shutil.copyfile(path, copy)
+    r = subprocess.run([node, "--check", str(copy)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"{path.name} has a syntax error:\n{r.stderr}"
+
+
+HELPER_CASES_JS = r"""
+import * as u from "./zimage_util.mjs";
+const values = ["custom", "1024x1024 (1:1)", "1216x832 (3:2)", "832x1216 (2:3)"];
+const out = {
+  parse: ["1216x832 (3:2)", "custom", "", null, "640x1536 (5:12)", "0x5"].map(u.parsePreset),
+  snap: [1000, 1008, 1016, 7, 5000, -3, "1200", NaN, 24].map((v) => u.snapSize(v)),
+  snap_limits: u.snapSize(1000, { step: 64, min: 64, max: 960 }),
+  match: [u.matchPreset(values, 1216, 832), u.matchPreset(values, 1000, 832), u.matchPreset(values, "832", "1216")],
+  match_no_custom: u.matchPreset(["1216x832 (3:2)"], 5, 5),
+  style: ["Z-Image/loaders", "Z-Image/adaLN", "Z-Image/nope", "loaders", "", null].map((c) => u.categoryStyle(c)),
+  pack: [u.packNameFromUrl("http://h:1/extensions/my%20pack/js/zimage.js"), u.packNameFromUrl("nonsense")],
+  ours: [
+    u.isPackNode({ name: "ZImageSampler", category: "Z-Image/sampling", python_module: "custom_nodes.p" }, "p"),
+    u.isPackNode({ name: "Foo", category: "x", python_module: "custom_nodes.p" }, "p"),
+    u.isPackNode({ name: "ZImageSampler", category: "Z-Image/sampling", python_module: "custom_nodes.q" }, "p"),
+    u.isPackNode({ name: "ZImageFunControlnet", category: "advanced/loaders", python_module: "comfy_extras.x" }, "p"),
+    u.isPackNode({ name: "KSampler", category: "sampling", python_module: "nodes" }, null),
+    u.isPackNode(null, "p"),
+  ],
+  text: [u.messageText(["a", "b"]), u.messageText("c"), u.messageText(null), u.messageText([["x", "y"]])],
+  styles: Object.keys(u.CATEGORY_STYLES),
+};
+console.log(JSON.stringify(out));
+"""
+
+
+def test_js_helpers(tmp_path):
+    node = _node()
+    shutil.copyfile(WEB_JS / "zimage_util.js", tmp_path / "zimage_util.mjs")
+    (tmp_path / "cases.mjs").write_text(HELPER_CASES_JS, encoding="utf-8")
+    r = subprocess.run([node, str(tmp_path / "cases.mjs")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["parse"] == [[1216, 832], None, None, None, [640, 1536], None]
+    assert out["snap"] == [1008, 1008, 1024, 16, 4096, 16, 1200, 16, 32]
+    assert out["snap_limits"] == 960
+    assert out["match"] == ["1216x832 (3:2)", "custom", "832x1216 (2:3)"]
+    assert out["match_no_custom"] == "1216x832 (3:2)"
+    assert out["style"][0]["color"] and out["style"][1]["color"] and out["style"][2:] == [None] * 4
+    assert out["pack"] == ["my pack", None]
+    assert out["ours"] == [True, True, True, False, False, False]
+    assert out["text"] == ["a\n\nb", "c", None, "xy"]
+    # every category of the pack has a colour
+    cats = {c.split("/", 1)[1].lower() for c in _pack_categories().values()}
+    assert cats and cats <= set(out["styles"]), sorted(cats - set(out["styles"]))
+
+
+# ============================================================================ real ComfyUI + Chromium
+
+@pytest.fixture(scope="module")
+def ui():
+    """(host, page): one ComfyUI server and one browser page for this module."""
+    if not COMFYUI_PATH:
+        pytest.skip("COMFYUI_PATH not set: set it to a ComfyUI checkout (e.g. /work/comfyui) to run the browser tests")
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    from comfyui_host import ComfyUIHost
+
+    host = ComfyUIHost(COMFYUI_PATH)
+    host.start()
+    try:
+        page = ComfyUIPage.open(host)
+        try:
+            page.wait_for("return app.extensions.some((e) => e.name === arg)", EXTENSION_NAME, timeout=30)
+            page.startup_log = page.console(clear=True)
+            yield host, page
+        finally:
+            page.close()
+    finally:
+        host.stop()
+
+
+def _ours(messages, pack):
+    """Messages caused by the pack's frontend code: anything from /extensions/<pack>/ and our log prefix."""
+    marker = f"/extensions/{pack}/"
+    out = []
+    for m in messages:
+        if m["kind"] == "console" and m["type"] not in ("error", "warning", "assert"):
+            continue
+        if marker in m["url"] or marker in m["text"] or "[Z-Image]" in m["text"]:
+            out.append(m)
+    return out
+
+
+def _assert_no_extension_errors(host, page):
+    bad = _ours(page.console(clear=True), host.pack_name)
+    assert not bad, "the editor extension logged errors/warnings:\n" + json.dumps(bad, indent=1)
+
+
+def test_extension_loads_and_registers(ui):
+    host, page = ui
+    assert not host.pack_import_failures(), host.log_tail()
+    listed = host.get("/extensions")
+    for f in ("zimage.js", "zimage_util.js"):
+        assert f"/extensions/{host.pack_name}/js/{f}" in listed, listed
+    loaded = page.evaluate("""return performance.getEntriesByType("resource").map((e) => e.name)
+                              .filter((n) => n.includes(arg))""", f"/extensions/{host.pack_name}/js/")
+    assert any(n.endswith("/zimage.js") for n in loaded) and any(n.endswith("/zimage_util.js") for n in loaded), loaded
+    names = page.evaluate("return app.extensions.map((e) => e.name)")
+    assert names.count(EXTENSION_NAME) == 1, names
+
+    log = page.startup_log
+    assert not [m for m in log if m["kind"] == "pageerror"], json.dumps(log, indent=1)
+    assert not _ours(log, host.pack_name), json.dumps(_ours(log, host.pack_name), indent=1)
+
+    # every node of the pack is registered in the editor and has its category colour (as a class default)
+    pack_nodes = host.pack_nodes()
+    assert set(_pack_categories()) <= set(pack_nodes), sorted(set(_pack_categories()) - set(pack_nodes))
+    classes = page.evaluate("""
+        const out = {};
+        for (const t of arg) {
+          const c = LiteGraph.registered_node_types[t];
+          out[t] = c ? [c.color ?? null, c.bgcolor ?? null] : null;
+        }
+        return out;""", sorted(pack_nodes))
+    assert all(v and v[0] and v[1] for v in classes.values()), classes
+    core = page.evaluate("const c = LiteGraph.registered_node_types.KSampler; return [c.color ?? null, c.bgcolor ?? null]")
+    assert core == [None, None], "core nodes must keep their colours"
+
+
+def test_colours_and_badge_never_override_saved_colours(ui):
+    host, page = ui
+    res = page.evaluate("""
+        app.graph.clear();
+        const a = LiteGraph.createNode("ZImageVAEDecode");
+        const b = LiteGraph.createNode("ZImageVAEDecode");
+        app.graph.add(a); app.graph.add(b);
+        b.color = "#ff0000"; b.bgcolor = "#00ff00";
+        const saved = app.graph.serialize();
+        await app.loadGraphData(saved, true, true, null, {showMissingNodesDialog: false, showMissingModelsDialog: false});
+        const a2 = app.graph.getNodeById(a.id), b2 = app.graph.getNodeById(b.id);
+        const sa = a2.serialize(), sb = b2.serialize();
+        return {
+          a_saved: ["color" in sa, "bgcolor" in sa], b_saved: [sb.color, sb.bgcolor],
+          a_class: a2.constructor.color, a_badges: (a2.badges ?? []).length, b_color: [b2.color, b2.bgcolor],
+        };""")
+    assert res["a_saved"] == [False, False], "the category colour must not be written into the workflow"
+    assert res["b_saved"] == ["#ff0000", "#00ff00"] and res["b_color"] == ["#ff0000", "#00ff00"]
+    assert res["a_class"]
+    _assert_no_extension_errors(host, page)
+
+
+# ---------------------------------------------------------------------------------------- workflows
+
+def _workflow_types(wf):
+    """Node types used by a UI workflow (top level and inside subgraph definitions), minus subgraph ids."""
+    subgraphs = (wf.get("definitions") or {}).get("subgraphs") or []
+    sub_ids = {s.get("id") for s in subgraphs}
+    types = {n.get("type") for n in wf.get("nodes", [])}
+    for s in subgraphs:
+        types |= {n.get("type") for n in s.get("nodes", [])}
+    return sorted(t for t in types if t and t not in sub_ids)
+
+
+def _api_core(graph):
+    return {str(k): {"class_type": v.get("class_type"), "inputs": v.get("inputs", {})} for k, v in graph.items()}
+
+
+def _diff(got, want):
+    lines = []
+    for k in sorted(set(got) | set(want), key=lambda s: (len(s), s)):
+        if k not in got:
+            lines.append(f"node {k} ({want[k]['class_type']}) missing from graphToPrompt")
+        elif k not in want:
+            lines.append(f"node {k} ({got[k]['class_type']}) not in the API twin")
+        elif got[k] != want[k]:
+            if got[k]["class_type"] != want[k]["class_type"]:
+                lines.append(f"node {k}: class {got[k]['class_type']} != {want[k]['class_type']}")
+            gi, wi = got[k]["inputs"], want[k]["inputs"]
+            for name in sorted(set(gi) | set(wi)):
+                if gi.get(name, "<absent>") != wi.get(name, "<absent>"):
+                    lines.append(f"node {k} ({got[k]['class_type']}).{name}: UI gives {gi.get(name, '<absent>')!r}, "
+                                 f"API twin has {wi.get(name, '<absent>')!r}")
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS or [None], ids=[p.stem for p in WORKFLOWS] or ["none"])
+def test_workflow_loads_and_matches_api_twin(ui, path):
+    if path is None:
+        pytest.skip("no UI workflows in workflows/*.json yet")
+    host, page = ui
+    wf = json.loads(path.read_text(encoding="utf-8"))
+    types = _workflow_types(wf)
+    missing = page.evaluate("return arg.filter((t) => !LiteGraph.registered_node_types[t])", types)
+    assert not missing, f"{path.name}: node types unknown to the editor: {missing}"
+
+    res = page.evaluate("""
+        await app.loadGraphData(arg, true, true, null, {showMissingNodesDialog: false, showMissingModelsDialog: false});
+        const nodes = app.graph.nodes;
+        const p = await app.graphToPrompt();
+        return {
+          count: nodes.length,
+          errors: nodes.filter((n) => n.has_errors).map((n) => `${n.id}:${n.type}`),
+          output: p.output,
+        };""", wf, timeout=60)
+    assert res["count"] == len(wf.get("nodes", [])), f"{path.name}: {res['count']} nodes loaded of {len(wf['nodes'])}"
+    assert not res["errors"], f"{path.name}: nodes with errors after loading: {res['errors']}"
+
+    twin_path = API_DIR / path.name
+    if not twin_path.is_file():
+        pytest.skip(f"{path.name} has no API twin api/{twin_path.name}")
+    want = _api_core(json.loads(twin_path.read_text(encoding="utf-8")))
+    got = _api_core(res["output"])
+    assert got == want, f"{path.name}: the editor would queue something else than {twin_path.name}:\n" + _diff(got, want)
+    _assert_no_extension_errors(host, page)
+
+
+def test_workflows_are_offered_in_the_template_browser(ui):
+    """ComfyUI lists a pack's workflows/*.json in its template browser and serves them from
+    /api/workflow_templates/<pack>/<name>.json."""
+    if not WORKFLOWS or WORKFLOWS_DIR != (REPO_ROOT / "workflows").resolve():
+        pytest.skip("no UI workflows in the pack's workflows/ folder yet")
+    host, page = ui
+    listed = set(host.get("/workflow_templates").get(host.pack_name, []))
+    stems = {p.stem for p in WORKFLOWS}
+    assert stems <= listed, sorted(stems - listed)
+    first = WORKFLOWS[0]
+    served = host.get(f"/api/workflow_templates/{host.pack_name}/{first.name}")
+    assert served == json.loads(first.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------- empty latent
+
+LATENT_JS = """
+const canvas = app.canvas;
+const w = (n, name) => n.widgets.find((x) => x.name === name);
+const set = (n, name, v) => w(n, name).setValue(v, {e: undefined, node: n, canvas});
+const values = (n) => n.serialize().widgets_values;
+app.graph.clear();
+const n = LiteGraph.createNode("ZImageEmptyLatent");
+app.graph.add(n);
+const out = {widgets: n.widgets.map((x) => [x.name, x.type]), initial: values(n)};
+set(n, "resolution", "1216x832 (3:2)");   out.preset = values(n);
+set(n, "width", 1000);                     out.width1000 = values(n);
+set(n, "height", 1217);                    out.height1217 = values(n);
+set(n, "width", 832);                      out.back_to_preset = values(n);
+const swap = n.widgets.find((x) => x.type === "button");
+swap.callback();                           out.swapped = values(n);
+set(n, "resolution", "custom");            out.custom = values(n);
+// a value written directly, then the callback (as other frontends / extensions do)
+const wd = w(n, "width"); wd.value = 1000; wd.callback?.(1000, canvas, n, null, undefined);
+out.direct = values(n);
+wd.value = 1216; wd.callback?.(1216, canvas, n, null, undefined);
+const prompt = await app.graphToPrompt();
+out.prompt = prompt.output[String(n.id)];
+
+// a saved workflow keeps its values exactly (no handler runs on load), even when they disagree
+const saved = app.graph.serialize();
+saved.nodes[0].widgets_values = ["1216x832 (3:2)", 1024, 1000, 2];
+await app.loadGraphData(saved, true, true, null, {showMissingNodesDialog: false, showMissingModelsDialog: false});
+const m = app.graph.nodes[0];
+out.loaded = values(m);
+out.loaded_prompt = (await app.graphToPrompt()).output[String(m.id)].inputs;
+return out;
+"""
+
+
+def test_empty_latent_preset_picker(ui):
+    host, page = ui
+    r = page.evaluate(LATENT_JS)
+    names = [n for n, _ in r["widgets"]]
+    assert names[:4] == ["resolution", "width", "height", "batch_size"], names
+    assert r["initial"] == ["custom", 1024, 1024, 1]
+    assert r["preset"] == ["1216x832 (3:2)", 1216, 832, 1]
+    assert r["width1000"][1] % 16 == 0 and abs(r["width1000"][1] - 1000) <= 8 and r["width1000"][0] == "custom"
+    assert r["height1217"][2] == 1216
+    assert r["back_to_preset"] == ["832x1216 (2:3)", 832, 1216, 1]  # matches a preset again
+    assert r["swapped"] == ["1216x832 (3:2)", 1216, 832, 1]
+    assert r["custom"] == ["custom", 1216, 832, 1]
+    assert r["direct"] == ["custom", 1008, 832, 1]
+    # the swap button is a widget of the node but neither saved nor queued
+    assert len(r["custom"]) == 4
+    assert r["prompt"] == {"inputs": {"resolution": "1216x832 (3:2)", "width": 1216, "height": 832, "batch_size": 1},
+                           "class_type": "ZImageEmptyLatent", "_meta": {"title": "Z-Image Empty Latent"}}
+    assert r["loaded"] == ["1216x832 (3:2)", 1024, 1000, 2]
+    assert r["loaded_prompt"] == {"resolution": "1216x832 (3:2)", "width": 1024, "height": 1000, "batch_size": 2}
+    _assert_no_extension_errors(host, page)
+
+
+# ---------------------------------------------------------------------------------------- prompt enhancer
+
+ENHANCER_JS = """
+const LOAD = {showMissingNodesDialog: false, showMissingModelsDialog: false};
+app.graph.clear();
+const n = LiteGraph.createNode("ZImagePromptEnhancer");
+app.graph.add(n);
+const display = (node) => node.widgets.find((x) => x.name === "zimage_enhanced_prompt");
+const out = {before: n.serialize().widgets_values, had_display: !!display(n)};
+const before_prompt = (await app.graphToPrompt()).output[String(n.id)];
+n.onExecuted({text: [arg]});
+const d = display(n);
+out.shown = d ? d.value : null;
+const el = d && (d.inputEl ?? d.element);
+out.read_only = el ? !!el.readOnly : null;
+out.after = n.serialize().widgets_values;
+out.prompt_same = JSON.stringify((await app.graphToPrompt()).output[String(n.id)]) === JSON.stringify(before_prompt);
+n.onExecuted({text: ["second run"]});
+out.second = display(n).value;
+out.display_count = n.widgets.filter((x) => x.name === "zimage_enhanced_prompt").length;
+// reopened workflow: the last text is shown again, widget values unchanged
+const saved = app.graph.serialize();
+await app.loadGraphData(saved, true, true, null, LOAD);
+const m = app.graph.getNodeById(n.id);
+out.restored = display(m) ? display(m).value : null;
+out.restored_values = m.serialize().widgets_values;
+// a messages without text (or a broken one) is ignored without an error
+m.onExecuted({});
+m.onExecuted({text: null});
+out.still = display(m).value;
+return out;
+"""
+
+
+def test_prompt_enhancer_shows_the_text(ui):
+    host, page = ui
+    text = 'A cat café poster that says "OPEN LATE", warm neon light, rain on the window.'
+    r = page.evaluate(ENHANCER_JS, text)
+    assert r["had_display"] is False
+    assert r["shown"] == text and r["read_only"] is True
+    assert r["after"] == r["before"] and len(r["after"]) == len(r["before"])
+    assert r["prompt_same"], "the display must not be part of the queued prompt"
+    assert r["second"] == "second run" and r["display_count"] == 1
+    assert r["restored"] == "second run" and r["restored_values"] == r["before"]
+    assert r["still"] == "second run"
+    _assert_no_extension_errors(host, page)
