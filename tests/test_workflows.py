@@ -411,7 +411,7 @@ FULL_VAE = "ae.safetensors"  # a full-size random Flux VAE under the real name (
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tiny, tmp_path_factory):
     """A ComfyUI server with the pack, the tiny models under the workflows' real file names, a full-size
     random Flux VAE as ae.safetensors, tiny LoRAs under the LoRA names and input/example.png."""
     if not COMFYUI_PATH:
@@ -420,14 +420,15 @@ def server(tmp_path_factory):
     from comfyui_host import ComfyUIHost
     from safetensors.torch import save_file
 
-    from zimage_core.tiny import make_tiny
     from zimage_core.tiny.vae import random_vae
     from zimage_core.vae import VAEConfig
 
-    d = tmp_path_factory.mktemp("server_models")
-    paths = make_tiny(d / "tiny")
+    d, paths = tmp_path_factory.mktemp("server_models"), tiny
+    # ComfyUI builds the Flux VAE with a fixed config (ch 128, ch_mult 1,2,4,4, 2 res blocks; comfy/sd.py), so
+    # its VAELoader needs ae-shaped weights: 83.8M random parameters, 335 MB in fp32 (deleted afterwards).
     ae = random_vae(VAEConfig(channels=(128, 256, 512, 512), num_res_blocks=2, z_channels=16), seed=1)
-    save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(d / "ae_full.safetensors"))
+    full_vae = d / "ae_full.safetensors"
+    save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(full_vae))
     del ae
     host = ComfyUIHost(COMFYUI_PATH)
     host.start()
@@ -436,13 +437,14 @@ def server(tmp_path_factory):
             host.put_model("diffusion_models", name, paths["dit"])
         host.put_model("text_encoders", "qwen_3_4b.safetensors", paths["text_encoder"])
         host.put_model("text_encoders", "tokenizer", paths["tokenizer"])  # beside the single file
-        host.put_model("vae", FULL_VAE, d / "ae_full.safetensors")
+        host.put_model("vae", FULL_VAE, full_vae)
         for i, n in enumerate(LORA_NAMES):
             host.put_model("loras", n, ws.write_tiny_lora(d / n, seed=i))
         ws.write_example_image(Path(host.input_dir) / "example.png", SIZE)
         yield host
     finally:
         host.stop()
+        full_vae.unlink(missing_ok=True)
 
 
 def server_run(server, graph, out_dir):
@@ -490,8 +492,12 @@ def test_core_node_table_matches_the_server(server, maps):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_server_runs_the_workflow(server, name, tmp_path):
-    result = server_run(server, load_api(name), tmp_path)
+    graph = load_api(name)
+    result = server_run(server, graph, tmp_path)
     assert len(result.images) == 1, result.outputs
+    for eid in ws.find_nodes(graph, "ZImagePromptEnhancer"):  # its ui text (what the editor shows) came back
+        (text,) = result.outputs[eid]["text"]
+        assert isinstance(text, str)
     img = png(result.images[0])
     assert img.shape == (SIZE, SIZE, 3) and img.std() > 2
 

@@ -188,7 +188,7 @@ def render(g: Graph, mappings: dict, display_names: dict) -> tuple[dict, dict]:
         "links": links,
         "groups": groups,
         "config": {},
-        "extra": {"ds": {"scale": 0.65, "offset": [80, 120]}},
+        "extra": {"ds": {"scale": 0.65, "offset": [120, 220]}},
         "version": 0.4,
     }
     return ui, api
