@@ -173,6 +173,10 @@ def test_extension_loads_and_registers(ui):
     names = page.evaluate("return app.extensions.map((e) => e.name)")
     assert names.count(EXTENSION_NAME) == 1, names
 
+    # ComfyUI logs imports of legacy frontend paths (/scripts/ui/..., /extensions/core/...); ours is the only
+    # custom extension on this server, so any such line is ours
+    deprecated = [line for line in host.log_text().splitlines() if "DEPRECATION" in line]
+    assert not deprecated, deprecated
     log = page.startup_log
     assert not [m for m in log if m["kind"] == "pageerror"], json.dumps(log, indent=1)
     assert not _ours(log, host.pack_name), json.dumps(_ours(log, host.pack_name), indent=1)
