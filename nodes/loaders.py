@@ -56,7 +56,7 @@ def load_dit_model(path, weight_dtype: str = "auto", memory: str = "auto") -> Pa
     if memory not in MEMORY_PRESETS:
         raise InputError(f"ZImageDiTLoader: memory preset '{memory}' is not one of {', '.join(MEMORY_PRESETS)}.")
     load_dev, offload_dev = host.devices("dit")
-    dit = load_dit(path, weight_dtype, offload_dev, mmap=load_dev.type != "cpu", compute_device=load_dev)
+    dit = load_dit(path, weight_dtype, offload_dev, compute_device=load_dev)
     managed = dit
     keep = blocks_to_keep(dit, memory, host.total_memory(load_dev)) if load_dev.type == "cuda" else None
     if keep is not None:

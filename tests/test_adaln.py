@@ -170,7 +170,7 @@ def test_conditioning_variance_is_seeded_and_limited_to_the_first_steps(dit, dat
     # the noisy context is computed once per run and only the positive prompt is changed
     patch.install(dit)
     a, b = patch.noisy(ctx), patch.noisy(ctx)
-    assert a is b and torch.equal(a.cos[0], ctx.cos[0])
+    assert a is b and torch.equal(a.rot[0], ctx.rot[0])
     rel = ((a.tokens[0] - ctx.tokens[0]).norm() / ctx.tokens[0].norm()).item()
     assert 0.3 < rel < 0.7  # strength 0.5 of the tokens' RMS
     patch.uninstall(dit)

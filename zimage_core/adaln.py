@@ -153,7 +153,7 @@ class ConditioningVariance:
             n = torch.randn(tok.shape, generator=g, dtype=torch.float32)
             rms = tok.float().pow(2).mean().sqrt()
             tokens.append((tok.float() + self.strength * rms * n.to(tok.device)).to(tok.dtype))
-        out = Context(tokens, list(context.cos), list(context.sin))
+        out = Context(tokens, list(context.rot))
         self._cache = (context, out)
         return out
 

@@ -176,7 +176,7 @@ def load_dit(
     weight_dtype: str | torch.dtype = "auto",
     device: str | torch.device = "cpu",
     compute_dtype: torch.dtype | None = None,
-    mmap: bool = True,
+    mmap: bool | None = None,
     compute_device: str | torch.device | None = None,
 ) -> ZImageDiT:
     """Load a Z-Image DiT from a ComfyUI single file or a diffusers file/folder.
@@ -184,12 +184,14 @@ def load_dit(
     device: where the weights are put; compute_device: where the model will run (default: device), which
     decides the storage and compute dtypes of `auto` (a model waiting on the CPU for a GPU gets GPU dtypes).
     mmap=True: parameters are views of the memory-mapped file (instant; pages are read when first used,
-    ideal when the weights move on to a GPU). mmap=False: each tensor is read into ordinary memory.
+    ideal when the weights move on to a GPU). mmap=False: each tensor is read into ordinary memory, where
+    CPU matmuls run faster than on file-backed pages. Default: mmap unless the model computes on the CPU.
     """
     path = Path(path)
     if path.is_dir() and (path / "transformer").is_dir():
         path = path / "transformer"
-    src = WeightSource(path, mmap=mmap)
+    compute_device = torch.device(compute_device or device)
+    src = WeightSource(path, mmap=compute_device.type != "cpu" if mmap is None else mmap)
     plan = _plan(src)
     cfg = infer_config(plan.shapes, src.describe())
     device = torch.device(device)
@@ -211,7 +213,7 @@ def load_dit(
         raise CheckpointError(f"{src.describe()}: not a complete Z-Image DiT ({plan.fmt} layout); " + "; ".join(parts))
 
     stored = src.dtype(plan.prefix + ("layers.0.feed_forward.w1.weight"))
-    storage, compute = default_dtypes(weight_dtype, stored, torch.device(compute_device or device))
+    storage, compute = default_dtypes(weight_dtype, stored, compute_device)
     compute = compute_dtype or compute
     fp8 = storage in FP8_DTYPES
     high = compute if compute == torch.float32 else torch.bfloat16

@@ -80,7 +80,7 @@ class ZImagePipeline:
             else:
                 enable_block_offload(model, keep, device).resident().to(device)
         else:
-            model = load_dit(dit, weight_dtype, device, mmap=False)
+            model = load_dit(dit, weight_dtype, device)
         te = load_text_encoder(text_encoder, torch.bfloat16 if device.type == "cuda" else torch.float32,
                                "cpu" if keep is not None else device, tokenizer)
         # with a streamed DiT the GPU is short: the text encoder waits on the CPU between prompts

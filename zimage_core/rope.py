@@ -17,23 +17,22 @@ def axes_dims_for(head_dim: int) -> tuple[int, int, int]:
     return (head_dim // 4, head_dim * 3 // 8, head_dim * 3 // 8)
 
 
-def rope_angles(pos_ids: torch.Tensor, axes_dims: tuple[int, ...], theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Position ids [S, 3] (int) -> (cos, sin), each [S, head_dim / 2] float32.
+def rope_angles(pos_ids: torch.Tensor, axes_dims: tuple[int, ...], theta: float) -> torch.Tensor:
+    """Position ids [S, 3] (int) -> rotations cos + i sin [S, head_dim / 2], complex64.
 
     Angles are computed in float64 and rounded to float32, exactly like the reference's precomputed
-    tables (`outer(arange(len), inv_freq).float()`).
+    tables (`outer(arange(len), inv_freq).float()`), then cos and sin are taken in float32.
     """
     angles = []
     for axis, d in enumerate(axes_dims):
         inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=pos_ids.device) / d)
         angles.append((pos_ids[:, axis].to(torch.float64)[:, None] * inv_freq[None]).float())
     ang = torch.cat(angles, dim=-1)
-    return ang.cos(), ang.sin()
+    return torch.complex(ang.cos(), ang.sin())
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs of x [B, S, H, D] by cos/sin [B, S, D/2]; computed in fp32, returned in x's dtype."""
-    xf = x.float().unflatten(-1, (-1, 2))  # [B, S, H, D/2, 2]
-    a, b = xf[..., 0], xf[..., 1]
-    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).to(x.dtype)
+def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs of x [B, S, H, D] by rot = cos + i sin [B, S, D/2] (complex64): the pair
+    (a, b) becomes (a cos - b sin, a sin + b cos). Computed in fp32, returned in x's dtype."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())  # [B, S, H, D/2]
+    return torch.view_as_real(pairs * rot[:, :, None]).flatten(-2).to(x.dtype)

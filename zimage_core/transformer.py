@@ -93,11 +93,11 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(dim // n_heads, eps)
         self.k_norm = RMSNorm(dim // n_heads, eps)
 
-    def forward(self, x, mask, cos, sin):
+    def forward(self, x, mask, rot):
         B, S, _ = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.n_heads, -1).unbind(2)  # each [B, S, H, Dh]
-        q = apply_rope(self.q_norm(q), cos, sin)
-        k = apply_rope(self.k_norm(k), cos, sin)
+        q = apply_rope(self.q_norm(q), rot)
+        k = apply_rope(self.k_norm(k), rot)
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
         return self.out(o.transpose(1, 2).reshape(B, S, -1))
 
@@ -129,18 +129,19 @@ class TransformerBlock(nn.Module):
         if modulation:
             self.adaLN_modulation = nn.Sequential(Linear(cfg.adaln_dim, 4 * cfg.dim))
 
-    def forward(self, x, mask, cos, sin, adaln_input=None, mod_hook: Callable | None = None):
+    def forward(self, x, mask, rot, adaln_input=None, mod_hook: Callable | None = None):
         if adaln_input is None:
-            x = x + self.attention_norm2(self.attention(self.attention_norm1(x), mask, cos, sin))
+            x = x + self.attention_norm2(self.attention(self.attention_norm1(x), mask, rot))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
         mod = self.adaLN_modulation(adaln_input)  # [B, 4*dim], no SiLU before the linear
         if mod_hook is not None:
             mod = mod_hook(mod)
-        scale_msa, gate_msa, scale_mlp, gate_mlp = mod[:, None].chunk(4, dim=-1)
-        x = x + gate_msa.tanh() * self.attention_norm2(
-            self.attention(self.attention_norm1(x) * (1 + scale_msa), mask, cos, sin)
-        )
-        return x + gate_mlp.tanh() * self.ffn_norm2(self.feed_forward(self.ffn_norm1(x) * (1 + scale_mlp)))
+        scale_msa, gate_msa, scale_mlp, gate_mlp = mod[:, None].chunk(4, dim=-1)  # each [B, 1, dim]
+        # x + tanh(gate) * norm2(attention(norm1(x) * (1 + scale))), each norm fused with its multiply
+        attn = self.attention(self.attention_norm1.modulated(x, 1 + scale_msa), mask, rot)
+        x = self.attention_norm2.gated_residual(x, attn, gate_msa.tanh())
+        ffn = self.feed_forward(self.ffn_norm1.modulated(x, 1 + scale_mlp))
+        return self.ffn_norm2.gated_residual(x, ffn, gate_mlp.tanh())
 
 
 class FinalLayer(nn.Module):
@@ -159,34 +160,33 @@ class Context:
     """Caption tokens after the context refiner, per sample; constant across the steps of one prompt."""
 
     tokens: list[torch.Tensor]  # [Lp_i, dim]
-    cos: list[torch.Tensor]  # [Lp_i, head_dim / 2]
-    sin: list[torch.Tensor]
+    rot: list[torch.Tensor]  # rotary rotations [Lp_i, head_dim / 2], complex
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def __add__(self, other: Context) -> Context:
-        return Context(self.tokens + other.tokens, self.cos + other.cos, self.sin + other.sin)
+        return Context(self.tokens + other.tokens, self.rot + other.rot)
 
     def repeat(self, n: int) -> Context:
-        return Context(self.tokens * n, self.cos * n, self.sin * n)
+        return Context(self.tokens * n, self.rot * n)
 
     def select(self, idx: list[int]) -> Context:
-        return Context([self.tokens[i] for i in idx], [self.cos[i] for i in idx], [self.sin[i] for i in idx])
+        return Context([self.tokens[i] for i in idx], [self.rot[i] for i in idx])
 
 
 def _round_up(n: int) -> int:
     return n + (-n) % SEQ_MULTI_OF
 
 
-def _batch(rows: list[torch.Tensor], cos: list[torch.Tensor], sin: list[torch.Tensor]):
+def _batch(rows: list[torch.Tensor], rot: list[torch.Tensor]):
     """Per-sample runs -> [B, S, ...] tensors; a key mask [B, 1, 1, S] only when lengths differ."""
     lens = [len(r) for r in rows]
     if all(n == lens[0] for n in lens):
-        return torch.stack(rows), torch.stack(cos), torch.stack(sin), None
+        return torch.stack(rows), torch.stack(rot), None
     pad = nn.utils.rnn.pad_sequence
     mask = torch.arange(max(lens), device=rows[0].device)[None] < torch.tensor(lens, device=rows[0].device)[:, None]
-    return (pad(rows, batch_first=True), pad(cos, batch_first=True), pad(sin, batch_first=True), mask[:, None, None])
+    return pad(rows, batch_first=True), pad(rot, batch_first=True), mask[:, None, None]
 
 
 class ZImageDiT(nn.Module):
@@ -203,7 +203,7 @@ class ZImageDiT(nn.Module):
         self.context_refiner = nn.ModuleList(TransformerBlock(cfg, False) for _ in range(cfg.n_refiner_layers))
         self.layers = nn.ModuleList(TransformerBlock(cfg, True) for _ in range(cfg.n_layers))
         self.final_layer = FinalLayer(cfg.dim, cfg.patch_dim, cfg.adaln_dim)
-        self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rope_cache: dict[tuple, torch.Tensor] = {}
 
     # -- positions ---------------------------------------------------------------------------------
     def _rope(self, key: tuple, make_ids: Callable[[], torch.Tensor]):
@@ -249,10 +249,10 @@ class ZImageDiT(nn.Module):
         pad = self.cap_pad_token.to(dtype)
         rows = [torch.cat([e, pad.expand(_round_up(n) - n, -1)]) for e, n in zip(emb, lens)]
         ropes = [self.caption_rope(len(r), device) for r in rows]
-        y, cos, sin, mask = _batch(rows, [c for c, _ in ropes], [s for _, s in ropes])
+        y, rot, mask = _batch(rows, ropes)
         for blk in self.context_refiner:
-            y = blk(y, mask, cos, sin)
-        return Context([y[i, : len(r)] for i, r in enumerate(rows)], [c for c, _ in ropes], [s for _, s in ropes])
+            y = blk(y, mask, rot)
+        return Context([y[i, : len(r)] for i, r in enumerate(rows)], ropes)
 
     # -- full forward ------------------------------------------------------------------------------
     def forward(
@@ -300,17 +300,15 @@ class ZImageDiT(nn.Module):
         img = [torch.cat([e, pad.expand(_round_up(n) - n, -1)]) for e, n in zip(emb, n_tok)]
         img_rope = [self.image_rope(len(ct), h, w, device) for ct, (h, w) in zip(context.tokens, sizes)]
 
-        u, cos, sin, mask = _batch(img, [r[0] for r in img_rope], [r[1] for r in img_rope])
+        u, rot, mask = _batch(img, img_rope)
         for i, blk in enumerate(self.noise_refiner):
-            u = blk(u, mask, cos, sin, c, mod_hook and (lambda m, i=i: mod_hook("noise_refiner", i, m)))
+            u = blk(u, mask, rot, c, mod_hook and (lambda m, i=i: mod_hook("noise_refiner", i, m)))
 
         # unified sequence: [image run, caption run] per sample
         seq = [torch.cat([u[b, : len(img[b])], context.tokens[b].to(dtype)]) for b in range(B)]
-        seq_cos = [torch.cat([img_rope[b][0], context.cos[b]]) for b in range(B)]
-        seq_sin = [torch.cat([img_rope[b][1], context.sin[b]]) for b in range(B)]
-        u, cos, sin, mask = _batch(seq, seq_cos, seq_sin)
+        u, rot, mask = _batch(seq, [torch.cat([img_rope[b], context.rot[b]]) for b in range(B)])
         for i, blk in enumerate(self.layers):
-            u = blk(u, mask, cos, sin, c, mod_hook and (lambda m, i=i: mod_hook("layers", i, m)))
+            u = blk(u, mask, rot, c, mod_hook and (lambda m, i=i: mod_hook("layers", i, m)))
         u = self.final_layer(u, c)
 
         out = []
