@@ -102,8 +102,9 @@ class ZImageConditioningVariance:
                                    "tooltip": "Noise size relative to the tokens' RMS, e.g. 0.3; 0 = off."}),
             "until": _frac(0.3, "Fraction of the steps that see the noisy prompt, e.g. 0.3 = the first 3 of 8 "
                                 "(later steps use the clean prompt)."),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                             "tooltip": "Seed of the prompt noise, e.g. 42; change it for another variation."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Seed of the prompt noise, e.g. 42; change it for another variation "
+                                        "(the editor's 'control after generate' randomizes it by default)."}),
         }}
 
     def apply(self, dit, strength, until, seed):

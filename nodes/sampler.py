@@ -89,7 +89,12 @@ def prepare_mask(mask: torch.Tensor, batch: int, size: tuple[int, int]) -> torch
         m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
     if len(m) < batch:
         m = m.repeat((batch + len(m) - 1) // len(m), 1, 1, 1)
-    return m[:batch].clamp(0, 1)
+    m = m[:batch].clamp(0, 1)
+    if not m.any():
+        log.warning("Z-Image sampler: the noise_mask is empty (all 0), so nothing is repainted and the output is "
+                    "the input latent. A LoadImage MASK comes from the image's alpha channel: paint the area to "
+                    "change in the mask editor, or use an image with transparency.")
+    return m
 
 
 def conditioning_features(cond, what: str) -> list[torch.Tensor]:

@@ -283,6 +283,14 @@ def test_noise_mask_keeps_unmasked_area(M, models, cond):
     assert not torch.allclose(out["samples"][..., :3], image[..., :3], atol=1e-2)
 
 
+def test_an_empty_noise_mask_warns_that_nothing_is_repainted(M, models, cond, caplog):
+    image = torch.randn(1, 16, 6, 8)
+    with caplog.at_level(logging.WARNING, logger="zimage_nodes"):
+        out = sample(M, models[0], cond, {"samples": image, "noise_mask": torch.zeros(1, 48, 64)}, steps=2)
+    assert "noise_mask is empty" in caplog.text and "alpha channel" in caplog.text
+    torch.testing.assert_close(out["samples"], image, atol=1e-5, rtol=1e-5)
+
+
 def test_interrupt_cleans_up_patches(M, models, cond, pack, monkeypatch):
     host = importlib.import_module(pack.__name__ + ".nodes.host")
     dit = models[0]
