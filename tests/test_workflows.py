@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workflow_support as ws
 
 EXPECTED = ("turbo_t2i", "base_cfg", "prompt_enhancer_turbo", "lora_stack", "img2img", "inpaint", "adaln_variety",
-            "native_mixed")
+            "native_mixed", "low_vram_fast")
 INDEX = json.loads(ws.INDEX_PATH.read_text(encoding="utf-8"))
 NAMES = [w["name"] for w in INDEX["workflows"]]
 SIZE, STEPS = 64, 3
@@ -344,6 +344,19 @@ def test_lora_stack_applies_the_enabled_loras(tiny_env):
     g2, res2 = tiny_run(tiny_env, "lora_stack", plain)
     assert res2.inputs[sid]["dit"].patches == ()
     assert (latent_of(g, res) - latent_of(g2, res2)).abs().max() > 1e-2
+
+
+def test_low_vram_fast_stores_fp8_and_compiles_to_the_eager_result(tiny_env):
+    g, res = tiny_run(tiny_env, "low_vram_fast")
+    saved(tiny_env, g, res)
+    sid, lid = ws.find_node(g, "ZImageSampler"), ws.find_node(g, "ZImageDiTLoader")
+    dit = res.inputs[sid]["dit"]
+    assert type(dit.patches[-1]).__name__ == "TorchCompile"
+    assert dit.dit.layers[0].feed_forward.w1.weight.dtype == torch.float8_e4m3fn
+    assert g[lid]["inputs"]["memory"] == "8GB"  # no effect on the CPU: nothing is streamed
+    assert getattr(dit.dit, "block_streamer", None) is None
+    g2, res2 = tiny_run(tiny_env, "low_vram_fast", {sid: {"dit": [lid, 0]}})  # the same without compiling
+    torch.testing.assert_close(latent_of(g, res), latent_of(g2, res2), rtol=1e-4, atol=1e-4)
 
 
 def test_img2img_keeps_the_input_at_denoise_below_one(tiny_env):

@@ -18,7 +18,8 @@ def axes_dims_for(head_dim: int) -> tuple[int, int, int]:
 
 
 def rope_angles(pos_ids: torch.Tensor, axes_dims: tuple[int, ...], theta: float) -> torch.Tensor:
-    """Position ids [S, 3] (int) -> rotations cos + i sin [S, head_dim / 2], complex64.
+    """Position ids [S, 3] (int) -> rotations [S, head_dim / 2, 2] = (cos, sin) pairs, float32 (the memory
+    layout of complex64 cos + i sin, so `apply_rope` views them as complex numbers at no cost).
 
     Angles are computed in float64 and rounded to float32, exactly like the reference's precomputed
     tables (`outer(arange(len), inv_freq).float()`), then cos and sin are taken in float32.
@@ -28,11 +29,16 @@ def rope_angles(pos_ids: torch.Tensor, axes_dims: tuple[int, ...], theta: float)
         inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=pos_ids.device) / d)
         angles.append((pos_ids[:, axis].to(torch.float64)[:, None] * inv_freq[None]).float())
     ang = torch.cat(angles, dim=-1)
-    return torch.complex(ang.cos(), ang.sin())
+    return torch.stack((ang.cos(), ang.sin()), dim=-1)
 
 
 def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs of x [B, S, H, D] by rot = cos + i sin [B, S, D/2] (complex64): the pair
-    (a, b) becomes (a cos - b sin, a sin + b cos). Computed in fp32, returned in x's dtype."""
+    """Rotate adjacent pairs of x [B, S, H, D] by rot [B, S, D/2, 2] = (cos, sin): the pair (a, b) becomes
+    (a cos - b sin, a sin + b cos), one complex multiply. Computed in fp32, returned in x's dtype."""
+    if torch.compiler.is_compiling():  # inductor generates no code for complex ops: the same in real arithmetic
+        xf = x.float().unflatten(-1, (-1, 2))
+        a, b = xf[..., 0], xf[..., 1]
+        c, s = rot[:, :, None, :, 0], rot[:, :, None, :, 1]
+        return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2).to(x.dtype)
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())  # [B, S, H, D/2]
-    return torch.view_as_real(pairs * rot[:, :, None]).flatten(-2).to(x.dtype)
+    return torch.view_as_real(pairs * torch.view_as_complex(rot)[:, :, None]).flatten(-2).to(x.dtype)

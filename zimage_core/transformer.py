@@ -160,7 +160,7 @@ class Context:
     """Caption tokens after the context refiner, per sample; constant across the steps of one prompt."""
 
     tokens: list[torch.Tensor]  # [Lp_i, dim]
-    rot: list[torch.Tensor]  # rotary rotations [Lp_i, head_dim / 2], complex
+    rot: list[torch.Tensor]  # rotary (cos, sin) [Lp_i, head_dim / 2, 2]
 
     def __len__(self) -> int:
         return len(self.tokens)
