@@ -94,7 +94,7 @@ def test_bf16_load_computes_in_bf16_and_returns_float32(tiny, ours, inputs):
 
 
 def test_prefixed_vae_keys_load_also_inside_a_bigger_checkpoint(tmp_path, ours, inputs):
-    sd = {f"vae.{k}": v for k, v in ours.state_dict().items()}
+    sd = {f"vae.{k}": v.contiguous() for k, v in ours.state_dict().items()}  # the model is channels-last
     sd["model.diffusion_model.cap_embedder.1.weight"] = torch.zeros(8, 4)
     sd["model.diffusion_model.t_embedder.mlp.2.weight"] = torch.zeros(256, 256)
     save_file(sd, str(tmp_path / "all_in_one.safetensors"))
@@ -197,7 +197,7 @@ def test_truncated_file_is_refused_with_its_name(tmp_path, tiny):
 
 
 def test_missing_and_unexpected_keys_are_listed_with_counts(tmp_path, ours):
-    sd = dict(ours.state_dict())
+    sd = {k: v.contiguous() for k, v in ours.state_dict().items()}  # the model is channels-last
     del sd["decoder.mid.attn_1.q.weight"], sd["decoder.mid.attn_1.k.weight"]
     sd["encoder.extra.weight"] = torch.zeros(1)
     f = tmp_path / "ae_edited.safetensors"

@@ -213,7 +213,9 @@ class FluxVAE(nn.Module):
     def _check(self, x: torch.Tensor, channels: int, what: str) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != channels:
             raise InputError(f"VAE {what}: expected a [B,{channels},H,W] tensor, got shape {tuple(x.shape)}.")
-        return x.to(device=self.device, dtype=self.dtype)
+        # channels-last: the convolutions (~90% of the time) run 10-15% faster on CPU (oneDNN) and use the
+        # tensor cores' native layout on GPUs
+        return x.to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
 
     # ---- raw passes (compute dtype in, compute dtype out) ----
 
@@ -474,4 +476,4 @@ def load_vae(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device
     # (reshape: diffusers' attention Linear [C,C] -> conv [C,C,1,1]; a no-op elsewhere)
     sd = {k: src.get(f).reshape(expected[k]).to(device=device, dtype=dtype) for k, f in names.items()}
     model.load_state_dict(sd, assign=True)
-    return model.eval().requires_grad_(False)
+    return model.to(memory_format=torch.channels_last).eval().requires_grad_(False)
