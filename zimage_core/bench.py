@@ -93,6 +93,20 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each function, run in turns (A B A B ...) after one warm-up each, so that slow
+    drifts of the machine (other load, clock changes) hit every contender alike."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def matmul_peak_gflops(n: int = 2048) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     t = _median_time(lambda: a @ b, 5)
@@ -157,7 +171,9 @@ img.save(out)
 """
 
 
-def measure_process(paths: dict, size: int, threads: int, have_diffusers: bool, tmp: Path) -> dict:
+def measure_process(paths: dict, size: int, threads: int, have_diffusers: bool, tmp: Path, repeats: int = 1) -> dict:
+    """Wall time of a fresh process that imports, loads, generates one image and saves it (median of
+    `repeats`, ours and diffusers in turns)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     ours_cmd = [sys.executable, "-m", "zimage_core", "generate", "--dit", str(paths["dit"]), "--text-encoder",
                 str(paths["te"]), "--vae", str(paths["vae"]), "--tokenizer", str(paths["tokenizer"]), "--prompt",
@@ -166,14 +182,16 @@ def measure_process(paths: dict, size: int, threads: int, have_diffusers: bool, 
     if have_diffusers:
         cmds["diffusers"] = [sys.executable, "-c", _DIFFUSERS_PROCESS, str(paths["root"]), str(size),
                              str(tmp / "diffusers.png"), PROMPT]
-    out = {}
-    for name, cmd in cmds.items():
-        t0 = time.perf_counter()
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        out[name] = time.perf_counter() - t0 if r.returncode == 0 else None
-        if r.returncode:
-            print(f"{name} process failed: {r.stderr[-500:]}", file=sys.stderr)
-    return out
+    times: dict[str, list[float]] = {name: [] for name in cmds}
+    for _ in range(max(1, repeats)):
+        for name, cmd in cmds.items():
+            t0 = time.perf_counter()
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if r.returncode:
+                print(f"{name} process failed: {r.stderr[-500:]}", file=sys.stderr)
+                continue
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) if v else None for name, v in times.items()}
 
 
 def run(name: str, repeats: int, threads: int, workdir: Path | None) -> dict:
@@ -211,11 +229,12 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None) -> dict:
     cap = torch.randn(77, cfg["dit"].cap_feat_dim, generator=g)
     t = torch.tensor([0.5])
     with torch.no_grad():
-        fwd = {"ours": _median_time(lambda: ours(x, t, [cap]), repeats)}
+        contenders = {"ours": lambda: ours(x, t, [cap])}
         ref = None
         if diffusers:
             ref = diffusers.ZImageTransformer2DModel.from_pretrained(str(paths["root"] / "transformer")).eval()
-            fwd["diffusers"] = _median_time(lambda: ref([x[0, :, None]], t, [cap], return_dict=False), repeats)
+            contenders["diffusers"] = lambda: ref([x[0, :, None]], t, [cap], return_dict=False)
+        fwd = _interleaved_medians(contenders, repeats)
         base = ours(x, t, [cap])
     flops = dit_forward_flops(cfg["dit"], (lat // 2) ** 2, 77)
     peak = matmul_peak_gflops()
@@ -235,25 +254,24 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None) -> dict:
     del ours, ref
 
     # 4. full generation in one process
-    gen = {}
     pipe = ZImagePipeline.from_files(paths["dit"], paths["te"], paths["vae"], paths["tokenizer"], "fp32")
-    gen["ours"] = _median_time(lambda: pipe.generate(PROMPT, width=size, height=size, steps=8, seed=0), repeats)
-    del pipe
+    contenders = {"ours": lambda: pipe.generate(PROMPT, width=size, height=size, steps=8, seed=0)}
     if diffusers:
         dpipe = diffusers.ZImagePipeline.from_pretrained(str(paths["root"]), torch_dtype=torch.float32)
-        gen["diffusers"] = _median_time(lambda: dpipe(PROMPT, height=size, width=size, num_inference_steps=8,
-                                                      guidance_scale=0.0, output_type="np"), repeats)
-        del dpipe
-    result["generate"] = gen
+        contenders["diffusers"] = lambda: dpipe(PROMPT, height=size, width=size, num_inference_steps=8,
+                                                guidance_scale=0.0, output_type="np")
+    result["generate"] = _interleaved_medians(contenders, repeats)
+    del pipe, contenders
+    dpipe = None
 
     # 5. whole process
-    result["process"] = measure_process(paths, size, threads, diffusers is not None, tmp)
+    result["process"] = measure_process(paths, size, threads, diffusers is not None, tmp, repeats)
 
     def ratio(d, a="ours", b="diffusers"):
         return d[a] / d[b] if d.get(a) and d.get(b) else None
 
     result["ratios"] = {
-        "forward": ratio(fwd), "generate": ratio(gen), "process": ratio(result["process"]),
+        "forward": ratio(fwd), "generate": ratio(result["generate"]), "process": ratio(result["process"]),
         "load_vs_single_file": ratio({"a": load["ours"].get("seconds"), "b": load.get("diffusers_single_file", {}).get("seconds")}, "a", "b"),
         "load_vs_from_pretrained": ratio({"a": load["ours"].get("seconds"), "b": load.get("diffusers_from_pretrained", {}).get("seconds")}, "a", "b"),
         "load_peak_rss_over_weight_bytes": load["ours"].get("peak_rss_above_baseline", 0) / weight_bytes,
