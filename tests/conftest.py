@@ -10,30 +10,10 @@ top-level `zimage_core`, so compare error classes through `pack.zimage_core`).
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PACK_NAME = "zimage_nodes_pack"
-
-
-def load_pack(name: str = PACK_NAME):
-    """Import the repository as a package (like ComfyUI does) and return it."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(REPO_ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+from workflow_support import PACK_NAME, load_pack  # noqa: F401  (load_pack is imported by tests from here)
 
 
 @pytest.fixture(scope="session")

@@ -519,7 +519,7 @@ def overrides_as_strings(changes: dict[str, dict]) -> list[str]:
 # -------------------------------------------------------------------------------------- test helpers
 
 def load_pack():
-    """The repository imported as a package, like ComfyUI does (same as tests/conftest.load_pack)."""
+    """The repository imported as a package, like ComfyUI does (see tests/conftest.py)."""
     if PACK_NAME in sys.modules:
         return sys.modules[PACK_NAME]
     spec = importlib.util.spec_from_file_location(PACK_NAME, REPO_ROOT / "__init__.py",
