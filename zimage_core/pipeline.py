@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .dit_loader import load_dit
-from .offload import MEMORY_PRESETS, blocks_to_keep, enable_block_offload, free_memory
+from .offload import MEMORY_PRESETS, blocks_to_keep, enable_block_offload, free_memory, module_bytes
 from .errors import InputError
 from .latent import LATENT_CHANNELS, SPATIAL_MULTIPLE, VAE_SCALE_FACTOR, to_model_space, to_vae_space
 from .sampling import Guidance, StepCallback, sample_euler
@@ -94,8 +94,7 @@ class ZImagePipeline:
         if not self.offload_text_encoder:
             return te.encode(prompts)
         gpu = self.dit.x_pad_token.device
-        te_bytes = sum(p.numel() * p.element_size() for p in te.model.parameters())
-        if torch.cuda.mem_get_info(gpu)[0] < te_bytes * 1.2:
+        if torch.cuda.mem_get_info(gpu)[0] < module_bytes(te.model) * 1.2:
             return te.encode(prompts)
         cpu = te.device
         te.model.to(gpu)
