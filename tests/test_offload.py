@@ -101,6 +101,28 @@ def test_lora_applies_to_streamed_blocks(dit_file, tmp_path):
     assert not torch.allclose(base[0], got[0], atol=1e-4)  # the LoRA did something
 
 
+@torch.no_grad()
+def test_a_run_that_fails_inside_a_streamed_block_leaves_the_model_usable(dit_file, monkeypatch):
+    xs, caps, t = inputs()
+    expected = load_dit(dit_file, "fp32")(xs, t, caps)
+    model = load_dit(dit_file, "fp32")
+    streamer = enable_block_offload(model, 2, "cpu")
+    ffn = model.layers[1].feed_forward
+
+    def boom(x):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(ffn, "forward", boom)
+    with pytest.raises(RuntimeError, match="simulated"):
+        with PatchedDiT(model).applied() as m:
+            m(xs, t, caps)
+    monkeypatch.undo()
+    assert streamer._slots is None and streamer._active is None  # released by PatchedDiT.applied
+    assert all(p.data_ptr() == host.data_ptr() for pairs in streamer._host.values() for p, host in pairs)
+    for e, o in zip(expected, model(xs, t, caps)):
+        assert torch.equal(e, o)
+
+
 def test_enabling_twice_replaces_the_streamer_and_bad_counts_are_refused(dit_file):
     model = load_dit(dit_file, "fp32")
     first = enable_block_offload(model, 1, "cpu")

@@ -188,9 +188,14 @@ class BlockStreamer:
         self._active = None
 
     def release(self) -> None:
-        """Free the device slots (they are allocated again on the next run)."""
+        """Free the device slots (they are allocated again on the next run). Also after a run that failed
+        inside a block: every streamed parameter points at its CPU copy again."""
         if self.cuda and self._slots is not None:
+            self._copy_stream.synchronize()  # no prefetch may still be writing into a slot we give back
             torch.cuda.current_stream(self.device).synchronize()
+        for pairs in self._host.values():
+            for p, host in pairs:
+                p.data = host
         self._slots, self._owner, self._active = None, [None, None], None
 
     def remove(self) -> None:
