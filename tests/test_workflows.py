@@ -47,6 +47,10 @@ def maps(pack):
 
 # ------------------------------------------------------------------------------------ files, discovery
 
+def test_every_pack_node_appears_in_an_example_workflow(maps):
+    used = {n["class_type"] for name in NAMES for n in load_api(name).values()}
+    assert sorted(set(maps[0]) - used) == []
+
 def test_the_workflow_set_and_its_index():
     assert INDEX["schema"] == "zimage-nodes/workflow-index/1"
     assert sorted(NAMES) == sorted(EXPECTED)
@@ -251,6 +255,10 @@ def test_workflows_have_the_documented_settings():
     assert [_src(a, _inp(a, t, "dit"))[0] for t in ("ZImageSampler", "ZImageConditioningVariance", "ZImageAdaLNScale",
                                                     "ZImageAdaLNDetail")] == \
         ["ZImageConditioningVariance", "ZImageAdaLNScale", "ZImageAdaLNDetail", "ZImageDiTLoader"]
+    combine = _inp(a, "ZImageConditioningCombine")
+    assert _src(a, _inp(a, "ZImageSampler", "positive")) == ("ZImageConditioningCombine", 0)
+    assert _src(a, combine["conditioning_a"]) == _src(a, combine["conditioning_b"])[:1] + (0,) == ("ZImageTextEncode", 0)
+    assert combine["mode"] == "concat"
 
     n = load_api("native_mixed")
     s = _inp(n, "ZImageSampler")
@@ -395,6 +403,9 @@ def test_adaln_and_variety_controls_change_the_result(tiny_env):
     sid, vid = ws.find_node(g, "ZImageSampler"), ws.find_node(g, "ZImageConditioningVariance")
     assert [type(p).__name__ for p in res.inputs[sid]["dit"].patches] == ["AdaLNDetail", "AdaLNScale",
                                                                          "ConditioningVariance"]
+    cid = ws.find_node(g, "ZImageConditioningCombine")
+    a, b = (res.inputs[cid][k][0][0] for k in ("conditioning_a", "conditioning_b"))
+    assert res.inputs[sid]["positive"][0][0].shape[1] == a.shape[1] + b.shape[1]  # concat: both prompts are read
     g2, res2 = tiny_run(tiny_env, "adaln_variety", {vid: {"seed": g[vid]["inputs"]["seed"] + 1}})
     assert (latent_of(g, res) - latent_of(g2, res2)).abs().max() > 1e-3  # another variation
     g3, res3 = tiny_run(tiny_env, "adaln_variety", {sid: {"dit": [ws.find_node(g, "ZImageDiTLoader"), 0]}})

@@ -465,7 +465,9 @@ without extra models or steps:
   texture). 1.0 = off, stay within 0.9-1.1.
 - **Conditioning Variance**: Turbo gives very similar compositions for different seeds. Noise on the
   prompt tokens in the first 30% of the steps restores variety; its own seed picks the variation.
-{MODELS_MD.format(dit=TURBO)}""", size=(420, 560))
+- **Conditioning Combine**: joins a subject prompt and a separate style prompt (`concat`: the model
+  reads both; `average`: a token-wise blend weighted by *weight*), so the style can be swapped alone.
+{MODELS_MD.format(dit=TURBO)}""", size=(420, 620))
     dit, te = loaders(g)
     vae = vae_loader(g)
     g.group("Models", 1)
@@ -477,8 +479,13 @@ without extra models or steps:
     c = g.add("ZImageConditioningVariance", 2, "Seed Variety",
               {"strength": 0.3, "until": 0.3, "seed": 2024}, {"dit": b[0]}, size=(340, 150), control="randomize")
     g.group("Detail and variety", 2, color="#8a8a5a")
-    pos = prompt(g, te, "A lone hiker with a red backpack on a mountain ridge above a sea of clouds, early morning, "
-                        "jagged peaks in the distance, crisp alpine air, wide-angle landscape photograph.", col=3)
+    subject = prompt(g, te, "A lone hiker with a red backpack on a mountain ridge above a sea of clouds, early "
+                            "morning, jagged peaks in the distance, crisp alpine air.", col=3, title="Subject Prompt",
+                     size=(440, 170))
+    style = prompt(g, te, "Wide-angle landscape photograph, soft golden light, muted film colours, fine grain.",
+                   col=3, title="Style Prompt", size=(440, 150))
+    pos = g.add("ZImageConditioningCombine", 3, "Subject + Style", {"mode": "concat", "weight": 0.5},
+                {"conditioning_a": subject[0], "conditioning_b": style[0]}, size=(440, 110))
     lat = g.add("ZImageEmptyLatent", 3, "Image Size",
                 {"resolution": "1216x832 (3:2)", "width": 1216, "height": 832, "batch_size": 1}, size=(440, 160))
     samp = sampler(g, c[0], pos, lat, 4, seed=3)
