@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..zimage_core.latent import LATENT_CHANNELS, VAE_SCALE_FACTOR
 from ..zimage_core.pipeline import check_size
 from . import host
+
+log = logging.getLogger("zimage_nodes")
 
 CUSTOM = "custom"
 # The resolutions Z-Image was trained for (official demo list), "WxH (aspect)".
@@ -54,6 +58,10 @@ class ZImageEmptyLatent:
 
     def generate(self, resolution, width, height, batch_size=1):
         w, h = preset_size(resolution, width, height)
+        if resolution != CUSTOM and (int(width), int(height)) != (w, h):
+            # the editor keeps width/height in sync with the preset; a mismatch means an API edit of width/height
+            log.warning("Z-Image Empty Latent: resolution preset '%s' is used, so width %s / height %s are ignored; "
+                        "set resolution to 'custom' to use them.", resolution, width, height)
         check_size(w, h)
         shape = (int(batch_size), LATENT_CHANNELS, h // VAE_SCALE_FACTOR, w // VAE_SCALE_FACTOR)
         return ({"samples": torch.zeros(shape, device=host.intermediate_device())},)

@@ -283,6 +283,16 @@ def test_noise_mask_keeps_unmasked_area(M, models, cond):
     assert not torch.allclose(out["samples"][..., :3], image[..., :3], atol=1e-2)
 
 
+def test_empty_latent_warns_when_a_preset_overrides_width_and_height(M, caplog):
+    node = M["ZImageEmptyLatent"]()
+    with caplog.at_level(logging.WARNING, logger="zimage_nodes"):
+        (lat,) = node.generate("1216x832 (3:2)", 1216, 832)
+        assert caplog.text == ""  # in sync, as the editor keeps them
+        (lat,) = node.generate("1216x832 (3:2)", 512, 512)
+    assert lat["samples"].shape[-2:] == (104, 152)
+    assert "width 512 / height 512 are ignored" in caplog.text and "'custom'" in caplog.text
+
+
 def test_an_empty_noise_mask_warns_that_nothing_is_repainted(M, models, cond, caplog):
     image = torch.randn(1, 16, 6, 8)
     with caplog.at_level(logging.WARNING, logger="zimage_nodes"):
