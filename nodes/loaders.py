@@ -8,8 +8,7 @@ from typing import Any
 import torch
 
 from ..zimage_core.dit_loader import WEIGHT_DTYPES, load_dit
-from ..zimage_core.errors import InputError
-from ..zimage_core.offload import MEMORY_PRESETS, blocks_to_keep, enable_block_offload
+from ..zimage_core.offload import MEMORY_PRESETS, blocks_to_keep, check_memory_preset, enable_block_offload
 from ..zimage_core.patching import PatchedDiT
 from ..zimage_core.text_encoder import TextEncoder, load_text_encoder
 from ..zimage_core.vae import FluxVAE, load_vae
@@ -53,8 +52,7 @@ def load_dit_model(path, weight_dtype: str = "auto", memory: str = "auto") -> Pa
     ordinary memory (faster matmuls than file-backed pages). A memory preset that does not fit the whole
     DiT on the GPU turns on block streaming, and ComfyUI then manages only the part kept on the GPU.
     """
-    if memory not in MEMORY_PRESETS:
-        raise InputError(f"ZImageDiTLoader: memory preset '{memory}' is not one of {', '.join(MEMORY_PRESETS)}.")
+    check_memory_preset(memory)
     load_dev, offload_dev = host.devices("dit")
     dit = load_dit(path, weight_dtype, offload_dev, compute_device=load_dev)
     managed = dit

@@ -103,7 +103,6 @@ def test_harness_runs_a_core_graph(comfyui):
 # EmptySD3LatentImage / LatentUpscale / SetLatentNoiseMask feeding ZImageSampler.
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 OUR_NODES = ("ZImageDiTLoader", "ZImageTextEncoderLoader", "ZImageVAELoader", "ZImageTextEncode",

@@ -83,16 +83,6 @@ def make_models(root: Path, name: str) -> dict[str, Path]:
     return {**paths, "te": te["text_encoder"], "tokenizer": te["tokenizer"], "vae": model / "vae"}
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
     """Median seconds of each function, run in turns (A B A B ...) after one warm-up each, so that slow
     drifts of the machine (other load, clock changes) hit every contender alike."""
@@ -109,7 +99,7 @@ def _interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
 
 def matmul_peak_gflops(n: int = 2048) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
-    t = _median_time(lambda: a @ b, 5)
+    t = _interleaved_medians({"mm": lambda: a @ b}, 5)["mm"]
     return 2 * n**3 / t / 1e9
 
 
@@ -246,12 +236,12 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None) -> dict:
     for label, key in (("bf16", "dit_bf16"), ("fp8_e4m3fn", "dit_fp8")):
         m = load_dit(paths[key], "auto")
         with torch.no_grad():
-            secs = _median_time(lambda m=m: m(x, t, [cap]), repeats)
+            secs = _interleaved_medians({label: lambda m=m: m(x, t, [cap])}, repeats)[label]
             err = ((m(x, t, [cap]) - base).norm() / base.norm()).item()
         dtypes[label] = {"forward_s": secs, "rel_err_vs_fp32": err, "file_bytes": paths[key].stat().st_size}
         del m
     result["dtypes"] = dtypes
-    del ours, ref
+    ours = ref = None  # free the models before the next section
 
     # 4. full generation in one process
     pipe = ZImagePipeline.from_files(paths["dit"], paths["te"], paths["vae"], paths["tokenizer"], "fp32")
@@ -261,8 +251,7 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None) -> dict:
         contenders["diffusers"] = lambda: dpipe(PROMPT, height=size, width=size, num_inference_steps=8,
                                                 guidance_scale=0.0, output_type="np")
     result["generate"] = _interleaved_medians(contenders, repeats)
-    del pipe, contenders
-    dpipe = None
+    pipe = dpipe = contenders = None
 
     # 5. whole process
     result["process"] = measure_process(paths, size, threads, diffusers is not None, tmp, repeats)

@@ -78,7 +78,7 @@ class WeightSource:
         else:
             self.files = [self.path]
         self._handles = {}
-        self._offsets: dict[Path, tuple[int, dict]] = {}  # file -> (data start, header), for mmap=False
+        self._offsets: dict[Path, tuple] = {}  # file -> (open file, data start, header), for mmap=False
         self._where: dict[str, Path] = {}
         self.metadata: dict[str, str] = {}
         for f in self.files:
@@ -125,20 +125,19 @@ class WeightSource:
     def _read(self, f: Path, key: str) -> torch.Tensor:
         """One tensor read from the file into freshly allocated memory (no mmap)."""
         if f not in self._offsets:
-            with open(f, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                self._offsets[f] = (8 + n, json.loads(fh.read(n)))
-        start, header = self._offsets[f]
+            fh = open(f, "rb")  # noqa: SIM115  (kept open for the tensors still to read, like safe_open's handle)
+            n = int.from_bytes(fh.read(8), "little")
+            self._offsets[f] = (fh, 8 + n, json.loads(fh.read(n)))
+        fh, start, header = self._offsets[f]
         info = header[key]
         begin, end = info["data_offsets"]
         out = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
         buf = out.reshape(-1).view(torch.uint8).numpy()
         if buf.nbytes != end - begin:
             raise ValueError(f"header gives {end - begin} bytes for a {info['dtype']} tensor of shape {info['shape']}")
-        with open(f, "rb") as fh:
-            fh.seek(start + begin)
-            if fh.readinto(buf) != buf.nbytes:
-                raise ValueError("unexpected end of file")
+        fh.seek(start + begin)
+        if fh.readinto(buf) != buf.nbytes:
+            raise ValueError("unexpected end of file")
         return out
 
     def describe(self) -> str:

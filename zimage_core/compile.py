@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import InputError
+from .offload import blocks_by_priority
 
 MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
 
@@ -28,11 +29,8 @@ class TorchCompile:
         if self.mode not in MODES:
             raise InputError(f"torch.compile mode '{self.mode}' is not one of {', '.join(MODES)}.")
 
-    def _blocks(self, dit):
-        return [*dit.context_refiner, *dit.noise_refiner, *dit.layers]
-
     def install(self, dit) -> None:
-        for blk in self._blocks(dit):
+        for blk in blocks_by_priority(dit):
             fn = self._compiled.get(id(blk))
             if fn is None:
                 fn = torch.compile(blk.forward, mode=self.mode, dynamic=self.dynamic, backend=self.backend)
@@ -40,5 +38,5 @@ class TorchCompile:
             blk.forward = fn  # an instance attribute shadows the class method
 
     def uninstall(self, dit) -> None:
-        for blk in self._blocks(dit):
+        for blk in blocks_by_priority(dit):
             blk.__dict__.pop("forward", None)

@@ -61,13 +61,18 @@ def blocks_by_priority(model) -> list[nn.Module]:
     return [*model.noise_refiner, *model.layers, *model.context_refiner]
 
 
+def check_memory_preset(preset: str) -> str:
+    if preset not in MEMORY_PRESETS:
+        raise InputError(f"memory preset '{preset}' is not one of {', '.join(MEMORY_PRESETS)}.")
+    return preset
+
+
 def blocks_to_keep(model, preset: str, total_memory: int | None) -> int | None:
     """How many blocks stay on the device for a memory preset; None = all (no offloading).
 
     total_memory: the device's memory in bytes (used by "auto"), or None when unknown / not a GPU.
     """
-    if preset not in MEMORY_PRESETS:
-        raise InputError(f"memory preset '{preset}' is not one of {', '.join(MEMORY_PRESETS)}.")
+    check_memory_preset(preset)
     if preset == "high":
         return None
     budget = total_memory if preset == "auto" else MEMORY_PRESETS[preset] * GiB

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .dit_loader import load_dit
-from .offload import MEMORY_PRESETS, blocks_to_keep, enable_block_offload, free_memory, module_bytes
+from .offload import blocks_to_keep, check_memory_preset, enable_block_offload, free_memory, module_bytes
 from .errors import InputError
 from .latent import LATENT_CHANNELS, SPATIAL_MULTIPLE, VAE_SCALE_FACTOR, to_model_space, to_vae_space
 from .sampling import Guidance, StepCallback, sample_euler
@@ -67,8 +67,7 @@ class ZImagePipeline:
                    weight_dtype: str = "auto", device: str = "cpu", memory: str = "auto") -> ZImagePipeline:
         """Load the three models. On a GPU, `memory` (a preset of offload.MEMORY_PRESETS) may keep only part
         of the DiT on the GPU and stream the rest (see offload.py); on the CPU it has no effect."""
-        if memory not in MEMORY_PRESETS:
-            raise InputError(f"memory preset '{memory}' is not one of {', '.join(MEMORY_PRESETS)}.")
+        check_memory_preset(memory)
         device = torch.device(device)
         keep = None
         if device.type == "cuda":
