@@ -79,6 +79,17 @@ def test_native_file_and_diffusers_folder_give_identical_outputs(dit_files):
 
 
 @torch.no_grad()
+def test_memory_mapped_and_read_loads_give_identical_weights(dit_files):
+    cfg, d, _ = dit_files
+    for path in (d / "native.safetensors", d / "transformer"):
+        mapped, read = load_dit(path, "fp32"), load_dit(path, "fp32", mmap=False)
+        a, b = mapped.state_dict(), read.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        xs, caps, t = mixed_batch(cfg, seed=6)
+        assert all(torch.equal(x, y) for x, y in zip(mapped(xs, t, caps), read(xs, t, caps)))
+
+
+@torch.no_grad()
 def test_prefixed_and_diffusers_single_files_load(tmp_path):
     state = random_dit_state(TINY_DIT, seed=2)
     save_file({"model.diffusion_model." + k: v for k, v in state.items()}, str(tmp_path / "a.safetensors"))

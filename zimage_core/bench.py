@@ -126,10 +126,10 @@ else:
 torch.ones(8) @ torch.ones(8)  # torch's lazy start-up belongs to the baseline
 base = psutil.Process().memory_info().rss
 t0 = time.perf_counter()
-if kind == "ours":  # computing on the CPU: read into ordinary memory
+if kind == "ours":  # the default: lazy memory-mapped views (pages read when first used)
     m = zimage_core.dit_loader.load_dit(path, "auto")
-elif kind == "ours_mmap":  # what a GPU user gets: lazy memory-mapped views, moved to the GPU later
-    m = zimage_core.dit_loader.load_dit(path, "auto", mmap=True)
+elif kind == "ours_read":  # mmap=False: every tensor read into ordinary memory now
+    m = zimage_core.dit_loader.load_dit(path, "auto", mmap=False)
 elif kind == "diffusers_single_file":
     m = diffusers.ZImageTransformer2DModel.from_single_file(path, config=sys.argv[3], subfolder="transformer",
                                                             torch_dtype=torch.float32)
@@ -201,7 +201,7 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None) -> dict:
 
     # 1. load
     load = {"ours": measure_load("ours", paths["dit"], threads, paths["root"]),
-            "ours_mmap": measure_load("ours_mmap", paths["dit"], threads, paths["root"])}
+            "ours_read": measure_load("ours_read", paths["dit"], threads, paths["root"])}
     if diffusers:
         load["diffusers_single_file"] = measure_load("diffusers_single_file", paths["dit"], threads, paths["root"])
         load["diffusers_from_pretrained"] = measure_load("diffusers_from_pretrained", paths["root"] / "transformer",
@@ -281,9 +281,9 @@ def print_table(r: dict) -> None:
                        ("load DiT (vs from_pretrained)", "diffusers_from_pretrained")):
         o, d = L["ours"].get("seconds"), L.get(ref, {}).get("seconds")
         print(f"{label:34s} {f(o):>10s} {f(d):>10s} {f(o / d if o and d else None, ''):>10s}")
-    if "ours_mmap" in L:
-        m = L["ours_mmap"]
-        print(f"{'load DiT, mmap (GPU path)':34s} {f(m.get('seconds')):>10s}   peak RSS "
+    if "ours_read" in L:
+        m = L["ours_read"]
+        print(f"{'load DiT, mmap=False (read)':34s} {f(m.get('seconds')):>10s}   peak RSS "
               f"{f(m.get('peak_rss_above_baseline', 0) / L['weight_bytes'], 'x')} of the weight bytes")
     o, d = L["ours"].get("peak_rss_above_baseline"), L.get("diffusers_single_file", {}).get("peak_rss_above_baseline")
     print(f"{'load peak RSS / weight bytes':34s} {f(o / L['weight_bytes'], 'x'):>10s} "

@@ -50,10 +50,9 @@ def _shard_files(folder: Path) -> list[Path]:
 class WeightSource:
     """Tensors of one safetensors file, a sharded index, or a folder of files.
 
-    mmap=True: `get` returns zero-copy views of the memory-mapped file (instant, lazily paged in; best when
-    the weights move on to a GPU). mmap=False: `get` reads each tensor into ordinary process memory with
-    plain file reads, so resident memory holds one copy (no file-backed pages stay mapped) and the CPU
-    computes on anonymous memory, which is faster for large matmuls than file-backed pages.
+    mmap=True: `get` returns zero-copy views of the memory-mapped file (instant, lazily paged in).
+    mmap=False: `get` reads each tensor into ordinary process memory with plain file reads, so no
+    file-backed pages stay mapped (the file may then be replaced while the model is in use).
     """
 
     def __init__(self, path: str | os.PathLike, mmap: bool = True):

@@ -176,22 +176,23 @@ def load_dit(
     weight_dtype: str | torch.dtype = "auto",
     device: str | torch.device = "cpu",
     compute_dtype: torch.dtype | None = None,
-    mmap: bool | None = None,
+    mmap: bool = True,
     compute_device: str | torch.device | None = None,
 ) -> ZImageDiT:
     """Load a Z-Image DiT from a ComfyUI single file or a diffusers file/folder.
 
     device: where the weights are put; compute_device: where the model will run (default: device), which
     decides the storage and compute dtypes of `auto` (a model waiting on the CPU for a GPU gets GPU dtypes).
-    mmap=True: parameters are views of the memory-mapped file (instant; pages are read when first used,
-    ideal when the weights move on to a GPU). mmap=False: each tensor is read into ordinary memory, where
-    CPU matmuls run faster than on file-backed pages. Default: mmap unless the model computes on the CPU.
+    mmap=True (default): parameters are views of the memory-mapped file: the load is instant, pages are
+    read when first used, and a CPU forward runs as fast on them as on ordinary memory (measured: 4.33 s vs
+    4.32 s per scaled-config forward). mmap=False reads each tensor into ordinary process memory (several
+    seconds on a slow VM for the first touch of fresh memory), so the file is not kept mapped.
     """
     path = Path(path)
     if path.is_dir() and (path / "transformer").is_dir():
         path = path / "transformer"
     compute_device = torch.device(compute_device or device)
-    src = WeightSource(path, mmap=compute_device.type != "cpu" if mmap is None else mmap)
+    src = WeightSource(path, mmap=mmap)
     plan = _plan(src)
     cfg = infer_config(plan.shapes, src.describe())
     device = torch.device(device)
