@@ -111,6 +111,19 @@ def write_tiny_tokenizer(out_dir: Path, vocab_size: int = 700) -> Path:
     return out_dir
 
 
+def write_tiny_tokenizer_vocab_merges(out_dir: Path, vocab_size: int = 700) -> Path:
+    """The same tiny tokenizer in the older Qwen2 layout (vocab.json + merges.txt + tokenizer_config.json,
+    as in ComfyUI's qwen25_tokenizer): the special tokens exist only in `added_tokens_decoder`."""
+    out_dir = write_tiny_tokenizer(out_dir, vocab_size)
+    model = json.loads((out_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    vocab = dict(sorted(model["vocab"].items(), key=lambda kv: kv[1]))  # token -> id, ids 0..n-1
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]  # "left right", by priority
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (out_dir / "tokenizer.json").unlink()
+    return out_dir
+
+
 def _tiny_qwen3_state_dict(vocab: int, hidden: int, layers: int, heads: int, kv_heads: int, head_dim: int,
                            intermediate: int, seed: int) -> dict[str, torch.Tensor]:
     """Random Qwen3 weights (no `model.` prefix, no lm_head), scaled so activations stay O(1) but the
