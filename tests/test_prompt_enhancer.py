@@ -27,15 +27,17 @@ def te(tmp_path_factory):
 
 
 def _capture_generate(monkeypatch, model):
-    """Record (model, input_ids, kwargs) of every model.generate call, still running the real generate."""
+    """Record (model, prompt ids) of every generation: the first `next_logits` call of each run is the
+    prefill of the whole chat (a fresh, empty KV cache). The real model still runs."""
     calls = []
-    real = model.generate
+    real = model.next_logits
 
-    def spy(*args, **kwargs):
-        calls.append((model, kwargs["input_ids"].clone(), kwargs))
-        return real(*args, **kwargs)
+    def spy(ids, cache):
+        if cache.length == 0:
+            calls.append((model, ids.clone()))
+        return real(ids, cache)
 
-    monkeypatch.setattr(model, "generate", spy)
+    monkeypatch.setattr(model, "next_logits", spy)
     return calls
 
 
@@ -45,25 +47,91 @@ def test_chat_string_sent_to_model(te, monkeypatch):
     calls = _capture_generate(monkeypatch, te.model)
     pe.enhance(te, "  a red fox in the snow ", preset="custom", system_prompt="Rewrite the prompt.",
                max_new_tokens=4, temperature=0)
-    (_, ids, kwargs), = calls
+    (_, ids), = calls
     sent = te.tokenizer.decode(ids[0].tolist(), skip_special_tokens=False)
     assert sent == ("<|im_start|>system\nRewrite the prompt.<|im_end|>\n"
                     "<|im_start|>user\na red fox in the snow<|im_end|>\n"
                     "<|im_start|>assistant\n<think>\n\n</think>\n\n")
-    assert sent == pe.build_chat(te.tokenizer, "Rewrite the prompt.", "a red fox in the snow")
-    stops = {te.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
-    assert stops <= set(kwargs["eos_token_id"])
-    assert kwargs["do_sample"] is False
+    assert sent == pe.build_chat("Rewrite the prompt.", "a red fox in the snow")
 
     calls.clear()
     pe.enhance(te, "a cat", preset="official", max_new_tokens=2, temperature=0.5)
     sent = te.tokenizer.decode(calls[0][1][0].tolist(), skip_special_tokens=False)
     assert sent.startswith("<|im_start|>system\n" + pe.OFFICIAL_SYSTEM_PROMPT + "<|im_end|>\n")
-    assert calls[0][2]["do_sample"] is True and calls[0][2]["temperature"] == 0.5
+
+
+def test_chat_equals_the_qwen3_template_with_thinking_off(te):
+    from transformers import AutoTokenizer
+
+    ref = AutoTokenizer.from_pretrained(str(te.tokenizer.folder), local_files_only=True)
+    msgs = [{"role": "system", "content": "Rewrite."}, {"role": "user", "content": "a fox\nin snow"}]
+    assert pe.build_chat("Rewrite.", "a fox\nin snow") == ref.apply_chat_template(
+        msgs, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+
+
+def _reference_lm(te):
+    """transformers' Qwen3ForCausalLM with the text encoder's weights (the oracle for decoding)."""
+    import transformers
+
+    c = te.model.config
+    ref = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads, head_dim=c.head_dim,
+        intermediate_size=c.intermediate_size, rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_theta,
+        tie_word_embeddings=True, attention_bias=False)).eval()
+    ref.load_state_dict(te.model.state_dict())
+    return ref
+
+
+@pytest.mark.parametrize("options", [dict(temperature=0), dict(temperature=0.7, top_p=0.9), HOT,
+                                     dict(temperature=3.0, top_p=0.5)], ids=["greedy", "default", "hot", "top_p"])
+def test_tokens_equal_transformers_generate_for_the_same_seed(te, options):
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    ref = _reference_lm(te)
+    n_real = len(te.tokenizer)
+
+    class MaskPadding(LogitsProcessor):
+        def __call__(self, ids, scores):
+            scores[:, n_real:] = -float("inf")
+            return scores
+
+    chat = pe.build_chat(pe.CONCISE_SYSTEM_PROMPT, "a lighthouse on a cliff")
+    prompt = torch.tensor([te.tokenizer.encode(chat)])
+    stops = [te.tokenizer.token_to_id(t) for t in pe.STOP_TOKENS]
+    sampling = dict(do_sample=False) if options["temperature"] == 0 else dict(
+        do_sample=True, temperature=options["temperature"], top_p=options["top_p"])
+    for seed in (0, 7):
+        torch.manual_seed(seed)
+        out = ref.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24,
+                           eos_token_id=stops, pad_token_id=stops[-1],
+                           logits_processor=LogitsProcessorList([MaskPadding()]), **sampling)
+        expected = [t for t in out[0, prompt.shape[1]:].tolist()]
+        while expected and expected[-1] in stops:
+            expected.pop()
+        assert pe.generate_ids(te, chat, seed=seed, max_new_tokens=24, **options) == expected
+
+
+def test_generation_stops_at_a_stop_token(te, monkeypatch):
+    real, stop = te.model.next_logits, te.tokenizer.token_to_id("<|im_end|>")
+    steps = []
+
+    def forced(ids, cache):  # the third generated token is <|im_end|>
+        logits = real(ids, cache)
+        steps.append(cache.length)
+        if len(steps) == 3:
+            logits[:, stop] = 1e9
+        return logits
+
+    monkeypatch.setattr(te.model, "next_logits", forced)
+    seen = []
+    ids = pe.generate_ids(te, pe.build_chat("s", "a fox"), max_new_tokens=20, temperature=0, chunk=1,
+                         progress=lambda d, t: seen.append(d))
+    assert len(ids) == 2 and stop not in ids and len(steps) == 3 and seen == [1, 2, 3]
 
 
 def test_deterministic_per_seed_and_max_new_tokens(te):
-    chat = pe.build_chat(te.tokenizer, pe.CONCISE_SYSTEM_PROMPT, "a lighthouse")
+    chat = pe.build_chat(pe.CONCISE_SYSTEM_PROMPT, "a lighthouse")
     a = pe.generate_ids(te, chat, seed=1, max_new_tokens=12, **HOT)
     b = pe.generate_ids(te, chat, seed=1, max_new_tokens=12, **HOT)
     c = pe.generate_ids(te, chat, seed=2, max_new_tokens=12, **HOT)
@@ -85,7 +153,7 @@ def test_deterministic_per_seed_and_max_new_tokens(te):
 
 
 def test_progress_per_chunk_and_interrupt(te):
-    chat = pe.build_chat(te.tokenizer, "s", "a fox")
+    chat = pe.build_chat("s", "a fox")
     seen = []
     pe.generate_ids(te, chat, max_new_tokens=20, temperature=0, progress=lambda d, t: seen.append((d, t)))
     assert seen == [(8, 20), (16, 20), (20, 20)]

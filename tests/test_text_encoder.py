@@ -4,6 +4,8 @@ wrong-file errors. Everything runs on a tiny random Qwen3 + tiny BPE tokenizer w
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -70,7 +72,7 @@ def test_format_prompt_is_the_qwen3_chat_template(te, pipe):
     no_think = pipe.tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
                                                   add_generation_prompt=True, enable_thinking=False)
     assert no_think == te.format_prompt("x") + "<think>\n\n</think>\n\n"
-    assert te.tokenizer.bos_token is None and te.tokenizer.pad_token == "<|endoftext|>"
+    assert te.tokenizer.pad_token_id == te.tokenizer.token_to_id("<|endoftext|>") is not None
 
 
 # -------------------------------------------------------------------------------------------------- parity
@@ -80,7 +82,7 @@ def test_features_match_diffusers(te, pipe, prompt):
     (ref,) = reference(pipe, [prompt])
     (out,) = te.encode(prompt)
     assert out.dtype == torch.float32 and out.shape == ref.shape
-    assert ref.shape[0] == len(te.tokenizer(te.format_prompt(prompt))["input_ids"])
+    assert ref.shape[0] == len(te.tokenizer.encode(te.format_prompt(prompt)))
     assert ref.std() > 0.1  # features are not degenerate
     err = rel_err(out, ref)
     print(f"max rel err ({prompt[:10]!r}): {err:.2e}")
@@ -88,7 +90,7 @@ def test_features_match_diffusers(te, pipe, prompt):
 
 
 def test_long_prompt_is_truncated_like_diffusers_and_warns(te, pipe):
-    n_tokens = len(te.tokenizer(te.format_prompt(LONG))["input_ids"])
+    n_tokens = len(te.tokenizer.encode(te.format_prompt(LONG)))
     assert n_tokens > 512
     (ref,) = reference(pipe, [LONG])
     with pytest.warns(UserWarning, match=rf"last {n_tokens - 512} tokens were dropped"):
@@ -127,7 +129,7 @@ def test_single_file_and_sharded_folder_give_identical_features(tiny, te):
     cfg = from_folder.model.config
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads,
             cfg.head_dim, cfg.intermediate_size) == (64, 3, 4, 2, 16, 128)
-    assert cfg.rms_norm_eps == 1e-6 and cfg.rope_parameters["rope_theta"] == 1e6
+    assert cfg.rms_norm_eps == 1e-6 and cfg.rope_theta == 1e6
     assert cfg.tie_word_embeddings
 
 
@@ -137,6 +139,16 @@ def test_lm_head_shares_the_embedding(te):
     assert te.model.lm_head.weight.data_ptr() == emb.data_ptr()
     assert not any(p.is_meta for p in te.model.parameters())
     assert not any(b.is_meta for b in te.model.buffers())
+
+
+def test_loading_encoding_and_enhancing_do_not_import_transformers(tiny):
+    code = ("import sys; from zimage_core.text_encoder import load_text_encoder; "
+            "from zimage_core.prompt_enhancer import enhance; "
+            f"te = load_text_encoder({str(tiny['single_file'])!r}, tokenizer_path={str(tiny['tokenizer'])!r}); "
+            "te.encode(['a fox']); enhance(te, 'a fox', max_new_tokens=3); "
+            "assert 'transformers' not in sys.modules, 'transformers imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_encoding_never_runs_the_last_layer_nor_the_norm(te):
@@ -197,7 +209,7 @@ def test_tokenizer_resolution_order(tiny, tmp_path):
     shutil.copy(tiny["single_file"], lone)
     assert resolve_tokenizer_dir(lone, fallback_dirs=[tmp_path / "nope", fallback]) == fallback
     m = load_text_encoder(lone, fallback_dirs=[fallback])
-    assert Path(m.tokenizer.name_or_path) == fallback
+    assert m.tokenizer.folder == fallback
     # nothing found: the error says where to put which files
     with pytest.raises(ZImageError) as e:
         load_text_encoder(lone, fallback_dirs=[tmp_path / "nope"])

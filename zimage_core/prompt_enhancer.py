@@ -1,9 +1,12 @@
 """Prompt enhancer (PE): rewrite a short user prompt into the long, concrete prompt Z-Image works best with.
 
 The Z-Image authors' PE is only a system prompt for a hosted chat LLM (reference section 13). Here the same
-idea runs locally on the Qwen3 text encoder that is already loaded: `TextEncoder.model` is a
-`Qwen3ForCausalLM` whose lm_head is tied to the embeddings, so it can generate text with no second copy of
-the weights and no network. The system prompts are our own, written from the PE's documented behaviour.
+idea runs locally on the Qwen3 text encoder that is already loaded: `TextEncoder.model` is a `Qwen3LM`
+whose lm_head is tied to the embeddings, so it can generate text with no second copy of the weights and no
+network. Decoding follows transformers' `generate` sampling exactly (temperature, top-k 50, top-p, then
+one multinomial draw per token; greedy when temperature is 0), so a seed gives the same text as before;
+it is tested token for token against transformers. The system prompts are our own, written from the PE's
+documented behaviour.
 
 Optional second backend: an OpenAI-compatible `/v1/chat/completions` endpoint (Ollama, LM Studio, ...)
 through `urllib.request` only; it is contacted only when a URL is given.
@@ -75,20 +78,20 @@ def system_prompt_for(preset: str, system_prompt: str | None = None) -> str:
     return SYSTEM_PROMPTS[preset]
 
 
-def build_chat(tokenizer, system: str, prompt: str) -> str:
-    """The exact string the model sees: system + user turn + assistant header with thinking disabled
-    (Qwen3's template then pre-fills an empty `<think>\\n\\n</think>\\n\\n` block)."""
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                         enable_thinking=False)
+CHAT_TEMPLATE = ("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
+                 "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+TOP_K = 50  # transformers' default for sampling, kept so seeds give the same text as with `generate`
+
+
+def build_chat(system: str, prompt: str) -> str:
+    """The exact string the model sees: Qwen3's chat template for a system + user turn and the assistant
+    header with thinking disabled (an empty `<think>\n\n</think>\n\n` block pre-filled)."""
+    return CHAT_TEMPLATE.format(system=system, prompt=prompt)
 
 
 def _stop_ids(tokenizer) -> list[int]:
-    ids = []
-    for tok in ("<|im_end|>", "<|endoftext|>"):
-        i = tokenizer.convert_tokens_to_ids(tok)
-        if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id and i not in ids:
-            ids.append(i)
+    ids = [i for i in (tokenizer.token_to_id(t) for t in STOP_TOKENS) if i is not None]
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
@@ -99,14 +102,26 @@ def _unwrap(text_encoder):
     return getattr(text_encoder, "encoder", text_encoder)
 
 
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of fp32 logits [B, V] the way transformers samples: temperature, top-k, top-p
+    (smallest set with probability > top_p, at least one token), softmax, multinomial."""
+    logits = logits / temperature
+    kth = torch.topk(logits, min(TOP_K, logits.shape[-1])).values[..., -1:]
+    logits = logits.masked_fill(logits < kth, -float("inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=False)
+        drop = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
+        drop[..., -1:] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), -float("inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
 def generate_ids(text_encoder, chat: str, seed: int = 0, max_new_tokens: int = 512, temperature: float = 0.7,
                  top_p: float = 0.9, progress: ProgressFn | None = None, chunk: int = 8) -> list[int]:
-    """Generate token ids after `chat` with the encoder's own Qwen3 (no copy). Deterministic per seed
-    (the global RNG is forked, not disturbed). `progress(done, max_new_tokens)` runs every `chunk` tokens
-    and may raise (e.g. ComfyUI's interrupt) to stop generation. Stops at <|im_end|> / <|endoftext|>; the
-    returned ids exclude the stop token."""
-    from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-
+    """Generate token ids after `chat` with the encoder's own Qwen3 (no copy) and a KV cache. Deterministic
+    per seed (a private generator; the global RNG is not touched). `progress(done, max_new_tokens)` runs
+    every `chunk` tokens and may raise (e.g. ComfyUI's interrupt) to stop generation. Stops at
+    <|im_end|> / <|endoftext|>; the returned ids exclude the stop token."""
     te = _unwrap(text_encoder)
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
@@ -115,38 +130,26 @@ def generate_ids(text_encoder, chat: str, seed: int = 0, max_new_tokens: int = 5
     if not 0 < top_p <= 1:
         raise InputError(f"top_p must be in (0, 1], got {top_p}.")
     model, tok = te.model, te.tokenizer
-    device = next(model.parameters()).device
-    input_ids = tok(chat, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
-    n_prompt = input_ids.shape[1]
+    device = model.model.embed_tokens.weight.device
+    prompt = tok.encode(chat)
     n_real = len(tok)  # the embedding is padded past the tokenizer (Qwen3: 151936 rows, ~151669 tokens)
-
-    class _MaskPadding(LogitsProcessor):
-        def __call__(self, ids, scores):
-            if scores.shape[-1] > n_real:
-                scores[:, n_real:] = -float("inf")
-            return scores
-
-    class _Report(StoppingCriteria):  # runs after every token: report per chunk, let the callback interrupt
-        def __call__(self, ids, scores, **kwargs):
-            done = ids.shape[1] - n_prompt
+    stop = _stop_ids(tok)
+    generator = torch.Generator(device).manual_seed(int(seed))
+    new: list[int] = []
+    with torch.inference_mode():
+        cache = model.new_cache(1, len(prompt) + int(max_new_tokens))
+        ids = torch.tensor([prompt], dtype=torch.long, device=device)
+        for done in range(1, int(max_new_tokens) + 1):
+            logits = model.next_logits(ids, cache)
+            logits[:, n_real:] = -float("inf")
+            nxt = logits.argmax(-1) if temperature == 0 else _sample(logits, temperature, top_p, generator)
+            token = int(nxt[0])
+            new.append(token)
             if progress is not None and (done % chunk == 0 or done >= max_new_tokens):
                 progress(done, max_new_tokens)
-            return torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-
-    stop = _stop_ids(tok)
-    kwargs = dict(max_new_tokens=int(max_new_tokens), eos_token_id=stop,
-                  pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else stop[0],
-                  logits_processor=LogitsProcessorList([_MaskPadding()]),
-                  stopping_criteria=StoppingCriteriaList([_Report()]))
-    if temperature > 0:
-        kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p))
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    fork = [device.index if device.index is not None else 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork), torch.inference_mode():
-        torch.manual_seed(int(seed))
-        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
-    new = out[0, n_prompt:].tolist()
+            if token in stop:
+                break
+            ids = nxt[:, None]
     while new and new[-1] in stop:
         new.pop()
     return new
@@ -200,7 +203,7 @@ def enhance(text_encoder, prompt: str, preset: str = "official", system_prompt: 
     if not prompt or not prompt.strip():
         raise InputError("the prompt to enhance is empty.")
     te = _unwrap(text_encoder)
-    chat = build_chat(te.tokenizer, system_prompt_for(preset, system_prompt), prompt.strip())
+    chat = build_chat(system_prompt_for(preset, system_prompt), prompt.strip())
     ids = generate_ids(te, chat, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                        progress=progress)
     return clean_output(te.tokenizer.decode(ids, skip_special_tokens=False))

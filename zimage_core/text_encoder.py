@@ -5,9 +5,10 @@ generation prompt (thinking enabled, so no empty think block), tokenized right-t
 run through the decoder layers 0..n-2 (the last layer and the final norm are never computed), and only the
 valid (non-pad) token features are returned, one (L_i, hidden) float32 tensor per prompt.
 
-Weights are read with `WeightSource` (safetensors only) and the model is a `transformers.Qwen3ForCausalLM`
-built on the meta device from a config inferred from the weight shapes, filled with `assign=True`; the
-lm_head is tied to the embedding (one copy) so the same model can later generate text.
+Weights are read with `WeightSource` (safetensors only) into our own `Qwen3LM` (`qwen3.py`), built on the
+meta device from a config inferred from the weight shapes and filled with `assign=True`; the lm_head is
+tied to the embedding (one copy) so the same model can also generate text (prompt enhancer). The tokenizer
+runs on the `tokenizers` library (`tokenizer.py`); transformers is not needed at run time.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch
 
 from .checkpoint import WeightSource, identify, wrong_model_error
 from .errors import CheckpointError, ZImageError
+from .qwen3 import Qwen3Config, Qwen3LM
+from .tokenizer import TOKENIZER_HELP, QwenTokenizer, load_tokenizer
 
 WANTED = "a Qwen3 text encoder (qwen_3_4b.safetensors)"
 TEMPLATE = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
@@ -35,9 +38,9 @@ LAYER_PARAMS = (
 
 
 class TextEncoder:
-    """A loaded Qwen3 (`.model`, a Qwen3ForCausalLM with tied lm_head) and its tokenizer."""
+    """A loaded Qwen3 (`.model`, a `Qwen3LM` with tied lm_head) and its tokenizer."""
 
-    def __init__(self, model, tokenizer, dtype: torch.dtype, device: torch.device):
+    def __init__(self, model: Qwen3LM, tokenizer: QwenTokenizer, dtype: torch.dtype, device: torch.device):
         self.model = model
         self.tokenizer = tokenizer
         self.dtype = dtype
@@ -56,7 +59,7 @@ class TextEncoder:
         """Token ids per prompt (template included), right-truncated to max_length with a warning."""
         ids = []
         for i, prompt in enumerate(prompts):
-            tokens = self.tokenizer(self.format_prompt(prompt), truncation=False, verbose=False)["input_ids"]
+            tokens = self.tokenizer.encode(self.format_prompt(prompt))
             if len(tokens) > max_length:
                 dropped = len(tokens) - max_length
                 warnings.warn(
@@ -90,24 +93,8 @@ class TextEncoder:
         return [hidden[i, : lengths[i]].float() for i in range(len(ids))]
 
     def _penultimate_hidden_states(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """`Qwen3Model(...).hidden_states[-2]`, computed without the last decoder layer and the final norm."""
-        qwen = self.model.model
-        config = qwen.config
-        hidden = qwen.embed_tokens(input_ids)
-        S = input_ids.shape[1]
-        position_ids = torch.arange(S, device=input_ids.device).unsqueeze(0)
-        # causal + key padding as an additive [B, 1, S, S] mask: understood by the eager and SDPA attention
-        # of every transformers version (4.51+ and 5.x), unlike the version-specific mask helpers
-        allowed = torch.ones(S, S, dtype=torch.bool, device=input_ids.device).tril()[None, None] & mask[:, None, None, :]
-        causal_mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
-        causal_mask.masked_fill_(~allowed, torch.finfo(hidden.dtype).min)
-        position_embeddings = qwen.rotary_emb(hidden, position_ids)
-        n = config.num_hidden_layers
-        for layer in qwen.layers[: n - 1]:
-            out = layer(hidden, attention_mask=causal_mask, position_embeddings=position_embeddings,
-                        position_ids=position_ids)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return hidden
+        """`Qwen3Model(...).hidden_states[-2]`: the last decoder layer and the final norm are never run."""
+        return self.model.model.hidden_states(input_ids, mask, n_layers=self.model.config.num_hidden_layers - 1)
 
 
 # ----------------------------------------------------------------------------------------------- weights
@@ -140,10 +127,8 @@ def _read_config_json(folder: Path) -> dict:
     return cfg if isinstance(cfg, dict) and cfg.get("model_type", "qwen3") == "qwen3" else {}
 
 
-def infer_qwen3_config(shapes: dict[str, tuple[int, ...]], has_lm_head: bool, extra: dict | None = None):
+def infer_qwen3_config(shapes: dict[str, tuple[int, ...]], has_lm_head: bool, extra: dict | None = None) -> Qwen3Config:
     """A `Qwen3Config` from weight shapes (keys without prefix); rope_theta / eps from `extra` (config.json)."""
-    from transformers import Qwen3Config
-
     extra = extra or {}
     layers = sorted({int(m.group(1)) for k in shapes if (m := LAYER_KEY.match(k))})
     if not layers:
@@ -152,15 +137,15 @@ def infer_qwen3_config(shapes: dict[str, tuple[int, ...]], has_lm_head: bool, ex
     head_dim = shapes["layers.0.self_attn.q_norm.weight"][0]
     heads = shapes["layers.0.self_attn.q_proj.weight"][0] // head_dim
     kv_heads = shapes["layers.0.self_attn.k_proj.weight"][0] // head_dim
+    if heads % kv_heads:
+        raise CheckpointError(f"{heads} attention heads cannot share {kv_heads} key/value heads")
     intermediate = shapes["layers.0.mlp.gate_proj.weight"][0]
     rope = extra.get("rope_parameters") or {}
     theta = float(rope.get("rope_theta") or extra.get("rope_theta") or 1e6)
     return Qwen3Config(
         vocab_size=vocab, hidden_size=hidden, num_hidden_layers=len(layers), num_attention_heads=heads,
-        num_key_value_heads=kv_heads, head_dim=head_dim, intermediate_size=intermediate, hidden_act="silu",
-        rms_norm_eps=float(extra.get("rms_norm_eps", 1e-6)), rope_theta=theta,
-        max_position_embeddings=int(extra.get("max_position_embeddings", 40960)),
-        tie_word_embeddings=not has_lm_head, attention_bias=False, use_sliding_window=False, use_cache=True,
+        num_key_value_heads=kv_heads, head_dim=head_dim, intermediate_size=intermediate,
+        rms_norm_eps=float(extra.get("rms_norm_eps", 1e-6)), rope_theta=theta, tie_word_embeddings=not has_lm_head,
     )
 
 
@@ -198,12 +183,11 @@ def _plan(source: WeightSource, extra: dict):
     return config, names, head_key
 
 
-def _build_model(source: WeightSource, config, names: dict[str, str], head_key: str | None, dtype, device):
-    """Qwen3ForCausalLM on the meta device, filled with assign=True (one copy of the weights)."""
-    from transformers import Qwen3ForCausalLM
-
+def _build_model(source: WeightSource, config: Qwen3Config, names: dict[str, str], head_key: str | None, dtype,
+                 device) -> Qwen3LM:
+    """Qwen3LM on the meta device, filled with assign=True (one copy of the weights)."""
     with torch.device("meta"):
-        model = Qwen3ForCausalLM(config)
+        model = Qwen3LM(config)
     device = torch.device(device)
     state = {}
     for full, short in names.items():
@@ -222,24 +206,11 @@ def _build_model(source: WeightSource, config, names: dict[str, str], head_key: 
     if leftover or result.unexpected_keys:
         raise CheckpointError(f"{source.describe()}: could not load keys {(leftover + result.unexpected_keys)[:5]}.")
     if head_key is None:  # tie: one copy of the embedding, used by the lm_head for generation
-        model.lm_head.weight = model.model.embed_tokens.weight
-    # Non-persistent rotary buffers are not in the file: rebuild them (in fp32, as from_pretrained does).
-    with torch.device(device):
-        model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
-    model.eval().requires_grad_(False)
-    model.config._attn_implementation = model.config._attn_implementation or "sdpa"
-    return model
+        model.tie_weights()
+    return model.eval().requires_grad_(False)
 
 
 # --------------------------------------------------------------------------------------------- tokenizer
-
-TOKENIZER_HELP = (
-    "Put the Qwen tokenizer files (tokenizer.json, or vocab.json + merges.txt, and tokenizer_config.json; "
-    "from the 'tokenizer' folder of Tongyi-MAI/Z-Image-Turbo) in a folder named 'tokenizer' next to the "
-    "model's 'text_encoder' folder, or inside the text encoder folder itself, or pass the folder as "
-    "tokenizer_path."
-)
-
 
 def _has_tokenizer(folder: Path) -> bool:
     return folder.is_dir() and (
@@ -275,18 +246,6 @@ def resolve_tokenizer_dir(path, tokenizer_path=None, fallback_dirs: list[Path] |
     where = ", ".join(str(d) for d in tried) or "(no folder to search next to a single file)"
     raise ZImageError(f"{Path(path).name}: no tokenizer found for this Qwen3 text encoder (looked in: {where}). "
                       f"{TOKENIZER_HELP}")
-
-
-def load_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except Exception as e:  # transformers raises many types for broken tokenizer files
-        raise ZImageError(f"{folder}: the tokenizer could not be loaded ({type(e).__name__}: {e}). {TOKENIZER_HELP}") from None
-    tok.padding_side = "right"
-    tok.truncation_side = "right"
-    return tok
 
 
 # ----------------------------------------------------------------------------------------------- loading
