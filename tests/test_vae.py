@@ -56,6 +56,26 @@ def test_decode_and_encode_match_diffusers_from_every_format(tiny, ref, inputs, 
     assert rel(got_lat, want_lat) <= 1e-5
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("channels_last", [True, False])
+@torch.no_grad()
+def test_upsample_equals_conv_of_the_nearest_upsampled_input(dtype, tol, channels_last):
+    from zimage_core.vae import Upsample
+
+    g = torch.Generator().manual_seed(4)
+    up = Upsample(24).to(dtype)
+    up.conv.weight.copy_(torch.randn(24, 24, 3, 3, generator=g) / 15)
+    up.conv.bias.copy_(torch.randn(24, generator=g))
+    x = torch.randn(2, 24, 5, 7, generator=g).to(dtype)  # odd sizes: every border of every phase
+    if channels_last:
+        up = up.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = up.conv(torch.nn.functional.interpolate(x.float(), scale_factor=2.0, mode="nearest").to(dtype))
+    got = up(x)
+    assert got.shape == want.shape == (2, 24, 10, 14) and got.dtype == dtype
+    assert rel(got.float(), want.float()) <= tol
+
+
 def test_encode_with_generator_draws_the_same_sample_as_diffusers(ours, ref, inputs):
     _, image = inputs
     with torch.no_grad():

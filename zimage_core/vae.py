@@ -79,13 +79,38 @@ class Downsample(nn.Module):
         return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric: right and bottom only
 
 
+# Nearest 2x upsampling then a 3x3 conv, along one axis: output row 2i+a reads the upsampled rows
+# 2i+a-1 .. 2i+a+1, i.e. input rows (i-1, i, i) for a=0 and (i, i, i+1) for a=1. So each output phase is a
+# 2-tap filter of the input whose taps are sums of the 3 taps: _PHASE_TAPS[a] maps 3 taps to 2.
+_PHASE_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]],   # a=0: input offsets (-1, 0)
+                            [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])  # a=1: input offsets (0, +1)
+
+
 class Upsample(nn.Module):
+    """`conv3x3(nearest_upsample_2x(x))` computed without the upsampled tensor: the four output phases
+    (row parity a, column parity b) are one 2x2 conv of the input with 4x the output channels, whose taps
+    are sums of the 3x3 taps (taken in fp32). 2.25x fewer multiply-adds, the same memory (the 4-phase
+    output is as large as the upsampled input was); equal to the reference up to float rounding (~2e-6
+    relative). The parameters stay the checkpoint's."""
+
     def __init__(self, ch: int):
         super().__init__()
         self.conv = nn.Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        B, _, H, W = x.shape
+        w, bias = self.conv.weight, self.conv.bias
+        co = w.shape[0]
+        taps = _PHASE_TAPS.to(w.device)
+        w4 = torch.einsum("ary,oiyx,bcx->aboirc", taps, w.float(), taps).reshape(4 * co, -1, 2, 2)
+        w4 = w4.to(w.dtype).contiguous(memory_format=torch.channels_last)
+        # out[:, 4 phases * co, i, j]: phase (a, b) at input position (i, j) is at row i + a, column j + b
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), w4, None if bias is None else bias.repeat(4))
+        y = y.permute(0, 2, 3, 1)  # [B, H+1, W+1, 4*co], channels-last memory: no copy
+        out = torch.empty(B, H, 2, W, 2, co, dtype=y.dtype, device=y.device)
+        for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+            out[:, :, a, :, b] = y[:, a:a + H, b:b + W, k * co:(k + 1) * co]
+        return out.view(B, 2 * H, 2 * W, co).permute(0, 3, 1, 2)  # [B, co, 2H, 2W], channels-last
 
 
 class Mid(nn.Module):
