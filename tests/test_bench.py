@@ -18,11 +18,12 @@ def test_benchmark_smoke_run_writes_every_measure_and_ratio(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ours/diff" in r.stdout
     res = json.loads(out.read_text())
-    for key in ("forward", "generate", "process", "ratios"):
+    for key in ("forward", "decode", "generate", "process", "ratios"):
         assert res[key]["ours"] if key != "ratios" else res[key]
-    for ratio in ("forward", "generate", "process", "load_vs_single_file", "load_vs_from_pretrained"):
+    for ratio in ("forward", "decode", "generate", "process", "load_vs_single_file", "load_vs_from_pretrained"):
         assert res["ratios"][ratio] > 0, ratio
     assert res["dtypes"]["bf16"]["rel_err_vs_fp32"] < 0.05
+    assert res["decode"]["max_rel_diff"] < 1e-4
     assert "error" not in res["load"]["diffusers_single_file"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -189,3 +190,15 @@ def test_cli_reports_bad_size_without_traceback(tmp_path):
                         "--out", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "width 100: use 96 or 112" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning applies on Linux only")
+def test_cli_keeps_freed_memory_on_glibc_unless_turned_off():
+    import platform
+
+    code = "from zimage_core.cli import keep_freed_memory; print(keep_freed_memory())"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert on == str(platform.libc_ver()[0] == "glibc")
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "ZIMAGE_KEEP_FREED_MEMORY": "0"}).stdout.strip()
+    assert off == "False"

@@ -7,6 +7,7 @@ Measures, with warm-up and the median of repeats:
              RSS above the process baseline, each in a fresh subprocess (RSS peaks are per process);
   forward    one DiT forward at 512x512 (1024 image tokens) in fp32, and achieved GFLOP/s against a measured
              fp32 matmul peak;
+  decode     one VAE decode of a 512x512 latent (ours vs diffusers AutoencoderKL) and the output difference;
   generate   a full 8-step 512x512 generation (text encoder, DiT, VAE decode) in one process;
   process    the whole `generate` process: import + load + generate + PNG, as a user runs it;
   dtypes     bf16- and fp8-stored DiT (computed in fp32 on CPU): forward time and error against fp32.
@@ -243,7 +244,24 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None) -> dict:
     result["dtypes"] = dtypes
     ours = ref = None  # free the models before the next section
 
-    # 4. full generation in one process
+    # 4. VAE decode
+    from .vae import load_vae
+
+    vae = load_vae(paths["vae"])
+    z = torch.randn(1, 16, lat, lat, generator=g)
+    with torch.no_grad():
+        contenders = {"ours": lambda: vae.decode(z)}
+        if diffusers:
+            dvae = diffusers.AutoencoderKL.from_pretrained(str(paths["vae"])).eval()
+            contenders["diffusers"] = lambda: dvae.decode(z).sample
+        dec = _interleaved_medians(contenders, repeats)
+        if diffusers:
+            a, b = vae.decode(z), dvae.decode(z).sample
+            dec["max_rel_diff"] = ((a - b).abs().max() / b.abs().max()).item()
+    result["decode"] = dec
+    vae = dvae = None
+
+    # 5. full generation in one process
     pipe = ZImagePipeline.from_files(paths["dit"], paths["te"], paths["vae"], paths["tokenizer"], "fp32")
     contenders = {"ours": lambda: pipe.generate(PROMPT, width=size, height=size, steps=8, seed=0)}
     if diffusers:
@@ -253,14 +271,15 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None) -> dict:
     result["generate"] = _interleaved_medians(contenders, repeats)
     pipe = dpipe = contenders = None
 
-    # 5. whole process
+    # 6. whole process
     result["process"] = measure_process(paths, size, threads, diffusers is not None, tmp, repeats)
 
     def ratio(d, a="ours", b="diffusers"):
         return d[a] / d[b] if d.get(a) and d.get(b) else None
 
     result["ratios"] = {
-        "forward": ratio(fwd), "generate": ratio(result["generate"]), "process": ratio(result["process"]),
+        "forward": ratio(fwd), "decode": ratio(dec), "generate": ratio(result["generate"]),
+        "process": ratio(result["process"]),
         "load_vs_single_file": ratio({"a": load["ours"].get("seconds"), "b": load.get("diffusers_single_file", {}).get("seconds")}, "a", "b"),
         "load_vs_from_pretrained": ratio({"a": load["ours"].get("seconds"), "b": load.get("diffusers_from_pretrained", {}).get("seconds")}, "a", "b"),
         "load_peak_rss_over_weight_bytes": load["ours"].get("peak_rss_above_baseline", 0) / weight_bytes,
@@ -288,12 +307,15 @@ def print_table(r: dict) -> None:
     o, d = L["ours"].get("peak_rss_above_baseline"), L.get("diffusers_single_file", {}).get("peak_rss_above_baseline")
     print(f"{'load peak RSS / weight bytes':34s} {f(o / L['weight_bytes'], 'x'):>10s} "
           f"{f(d / L['weight_bytes'] if d else None, 'x'):>10s}")
-    for label, key in (("DiT forward (fp32)", "forward"), ("generate 8 steps", "generate"), ("whole process", "process")):
+    for label, key in (("DiT forward (fp32)", "forward"), ("VAE decode", "decode"), ("generate 8 steps", "generate"),
+                       ("whole process", "process")):
         o, d = r[key].get("ours"), r[key].get("diffusers")
         print(f"{label:34s} {f(o):>10s} {f(d):>10s} {f(o / d if o and d else None, ''):>10s}")
     fw = r["forward"]
     print(f"DiT forward: {fw['gflop']:.1f} GFLOP, {fw['ours_gflops']:.1f} GFLOP/s achieved, "
           f"fp32 matmul peak {fw['matmul_peak_gflops']:.1f} GFLOP/s ({fw['ours_gflops'] / fw['matmul_peak_gflops']:.0%})")
+    if r["decode"].get("max_rel_diff") is not None:
+        print(f"VAE decode: largest difference to diffusers {r['decode']['max_rel_diff']:.1e} of the output range")
     for k, v in r["dtypes"].items():
         print(f"{k} storage: forward {v['forward_s']:.3f}s, rel. error vs fp32 {v['rel_err_vs_fp32']:.2e}, "
               f"file {v['file_bytes'] / 2**20:.0f} MiB")

@@ -3,14 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
+import platform
 import sys
 import time
 from pathlib import Path
 
 from .errors import ZImageError
 from .offload import MEMORY_PRESETS
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """For a CPU run: make glibc serve every allocation from its heap and keep freed memory there.
+
+    By default glibc maps each large block (a 17 MB activation, a 134 MB VAE feature map) freshly from the
+    kernel and unmaps it when freed, so every step faults all of its activation pages in again: about
+    2.5 million page faults and 7 s of system time for one scaled-config 512x512 generation on 2 cores.
+    Reusing the heap cuts that to ~0.5 million faults and ~3.5 s, ~7% of the wall time, for ~10% more peak
+    RSS. Only this command-line process is tuned (never a host such as ComfyUI), and only where the CPU
+    computes: a GPU run's big host buffers should go back to the system. ZIMAGE_KEEP_FREED_MEMORY=0 turns
+    it off. Returns whether it applied.
+    """
+    if os.environ.get("ZIMAGE_KEEP_FREED_MEMORY") == "0":
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))  # int: at most 2 GiB
+    except (OSError, AttributeError):
+        return False
 
 
 def _tiny_dir() -> Path:
@@ -86,6 +114,8 @@ def cmd_generate(args) -> int:
         raise ZImageError("missing " + ", ".join("--" + m.replace("_", "-") for m in missing) + " (or use --tiny).")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if torch.device(args.device).type == "cpu":
+        keep_freed_memory()
     t0 = time.perf_counter()
     pipe = ZImagePipeline.from_files(args.dit, args.text_encoder, args.vae, args.tokenizer, args.weight_dtype, args.device,
                                      args.memory)
