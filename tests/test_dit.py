@@ -89,6 +89,19 @@ def test_memory_mapped_and_read_loads_give_identical_weights(dit_files):
         assert all(torch.equal(x, y) for x, y in zip(mapped(xs, t, caps), read(xs, t, caps)))
 
 
+def test_inference_and_autograd_forwards_agree_and_backward_works(dit_files):
+    cfg, d, _ = dit_files
+    m = load_dit(d / "native.safetensors", "fp32")
+    xs, caps, t = mixed_batch(cfg, seed=8)
+    with torch.no_grad():
+        fast = m(xs, t, caps)  # in-place SwiGLU
+    xs = [x.clone().requires_grad_(True) for x in xs]
+    slow = m(xs, t, caps)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(fast, slow))
+    sum(o.square().sum() for o in slow).backward()
+    assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in xs)
+
+
 @torch.no_grad()
 def test_prefixed_and_diffusers_single_files_load(tmp_path):
     state = random_dit_state(TINY_DIT, seed=2)

@@ -55,8 +55,8 @@ class RMSNorm(nn.Module):
     def normalized(self, x: torch.Tensor) -> torch.Tensor:
         """x / rms(x), without the weight, in x's dtype (the mean square is taken in fp32)."""
         xf = x.float()
-        ms = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_().div_(x.shape[-1])
-        return (xf * ms.add_(self.eps).rsqrt_()).to(x.dtype)
+        ms = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square() / x.shape[-1]  # [..., 1]
+        return (xf * (ms + self.eps).rsqrt()).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.normalized(x).mul_(self.weight.to(x.dtype))

@@ -112,7 +112,11 @@ class FeedForward(nn.Module):
         self.w3 = Linear(dim, hidden, bias=False)
 
     def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if torch.is_grad_enabled():  # training: keep every intermediate for backward
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        # inference: SiLU and the product in place, two fewer [tokens, hidden] buffers to allocate (and to
+        # fault in on the CPU) per block
+        return self.w2(F.silu(self.w1(x), inplace=True).mul_(self.w3(x)))
 
 
 class TransformerBlock(nn.Module):
