@@ -4,7 +4,7 @@
 
 Measures, with warm-up and the median of repeats:
   load       loading the DiT file (ours vs diffusers from_single_file / from_pretrained), wall time and peak
-             RSS above the process baseline, each in a fresh subprocess (RSS peaks are per process);
+             RSS above the process baseline, each in a fresh subprocess (RSS peaks are per process), in turns;
   forward    one DiT forward at 512x512 (1024 image tokens) in fp32, and achieved GFLOP/s against a measured
              fp32 matmul peak;
   decode     one VAE decode of a 512x512 latent (ours vs diffusers AutoencoderKL) and the output difference;
@@ -200,13 +200,20 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None) -> dict:
               "torch": torch.__version__, "diffusers": getattr(diffusers, "__version__", None)}
     weight_bytes = paths["dit"].stat().st_size
 
-    # 1. load
-    load = {"ours": measure_load("ours", paths["dit"], threads, paths["root"]),
-            "ours_read": measure_load("ours_read", paths["dit"], threads, paths["root"])}
+    # 1. load: fresh processes in turns, median of `repeats` (the first read of a file after other work may
+    # come from disk; the turns give every contender the same page-cache conditions)
+    kinds = {"ours": paths["dit"], "ours_read": paths["dit"]}
     if diffusers:
-        load["diffusers_single_file"] = measure_load("diffusers_single_file", paths["dit"], threads, paths["root"])
-        load["diffusers_from_pretrained"] = measure_load("diffusers_from_pretrained", paths["root"] / "transformer",
-                                                         threads, paths["root"])
+        kinds.update(diffusers_single_file=paths["dit"], diffusers_from_pretrained=paths["root"] / "transformer")
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
+    for _ in range(max(1, repeats)):
+        for kind, path in kinds.items():
+            runs[kind].append(measure_load(kind, path, threads, paths["root"]))
+    load = {}
+    for kind, rs in runs.items():
+        errors = [r for r in rs if "error" in r]
+        load[kind] = errors[0] if errors else {
+            key: statistics.median(r[key] for r in rs) for key in ("seconds", "peak_rss_above_baseline")}
     result["load"] = {**load, "weight_bytes": weight_bytes}
 
     # 2. one DiT forward, fp32
