@@ -259,3 +259,13 @@ def test_missing_and_unexpected_keys_are_listed(tiny, tmp_path):
     msg = str(e.value)
     assert f.name in msg and "2 missing" in msg and "layers.1.mlp.up_proj.weight" in msg and "norm.weight" in msg
     assert "1 unexpected" in msg and "rotary" in msg
+
+
+def test_heads_that_cannot_share_key_value_heads_name_the_file(tiny, tmp_path):
+    sd = load_file(str(tiny["single_file"]))
+    for i in range(3):  # 4 query heads over 3 key/value heads of 16
+        for p in ("k_proj", "v_proj"):
+            sd[f"model.layers.{i}.self_attn.{p}.weight"] = torch.zeros(48, 64)
+    f = _write(tmp_path / "qwen_odd_heads.safetensors", sd)
+    with pytest.raises(CheckpointError, match=r"qwen_odd_heads\.safetensors.*4 attention heads cannot share 3"):
+        load_text_encoder(f, tokenizer_path=tiny["tokenizer"])

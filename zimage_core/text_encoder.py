@@ -165,6 +165,8 @@ def _plan(source: WeightSource, extra: dict):
         config = infer_qwen3_config(shapes, head_key is not None, extra)
     except (KeyError, IndexError, ZeroDivisionError) as e:
         raise CheckpointError(f"{source.describe()}: incomplete Qwen3 text encoder, cannot read {e}.") from None
+    except CheckpointError as e:  # shapes that no Qwen3 has: name the file
+        raise CheckpointError(f"{source.describe()}: not a usable Qwen3 text encoder ({e}).") from None
 
     expected = {"embed_tokens.weight", "norm.weight"} | {
         f"layers.{i}.{p}" for i in range(config.num_hidden_layers) for p in LAYER_PARAMS
