@@ -92,7 +92,8 @@ def default_python(comfyui_path):
 
 class ComfyUIHost:
     def __init__(self, comfyui_path, python=None, pack_dir=REPO_ROOT, pack_name=DEFAULT_PACK_NAME,
-                 port=None, extra_args=(), startup_timeout=240.0, keep_base_dir=False, env=None):
+                 port=None, extra_args=(), startup_timeout=240.0, keep_base_dir=False, env=None,
+                 extra_custom_nodes=()):
         self.comfyui_path = os.path.abspath(comfyui_path)
         if not os.path.isfile(os.path.join(self.comfyui_path, "main.py")):
             raise ComfyUIError(f"no main.py in COMFYUI_PATH={self.comfyui_path}")
@@ -104,6 +105,8 @@ class ComfyUIHost:
         self.startup_timeout = startup_timeout
         self.keep_base_dir = keep_base_dir
         self.extra_env = dict(env or {})
+        # other packs loaded beside ours (e.g. ComfyUI-GGUF), symlinked into custom_nodes/<folder name>
+        self.extra_custom_nodes = [os.path.abspath(p) for p in extra_custom_nodes]
         self.host = "127.0.0.1"
         self.base_dir = None
         self.log_path = None
@@ -149,10 +152,12 @@ class ComfyUIHost:
         """Place a model file (or, for ``diffusers``, a folder) where ComfyUI finds it.
 
         ``src``: an existing file/folder (symlinked when ``link``, else copied); ``data``: bytes.
+        An existing entry of that name is replaced (the server is shared by the whole test session).
         Returns the path. ComfyUI re-scans model folders on the next /object_info or prompt.
         """
         dst = os.path.join(self.model_dir(kind), name)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
+        self.remove_model(kind, name)
         if data is not None:
             with open(dst, "wb") as f:
                 f.write(data)
@@ -167,6 +172,14 @@ class ComfyUIHost:
             raise ValueError("give src or data")
         return dst
 
+    def remove_model(self, kind, name):
+        """Remove a model file, folder or link placed by ``put_model`` (no error when absent)."""
+        dst = os.path.join(self.model_dir(kind), name)
+        if os.path.islink(dst) or os.path.isfile(dst):
+            os.unlink(dst)
+        elif os.path.isdir(dst):
+            shutil.rmtree(dst)
+
     # -------------------------------------------------------------- lifecycle
     def _prepare_base_dir(self):
         self.base_dir = tempfile.mkdtemp(prefix="comfyui-host-")
@@ -176,6 +189,9 @@ class ComfyUIHost:
             self.model_dir(kind)
         if self.pack_dir:
             os.symlink(self.pack_dir, os.path.join(self.base_dir, "custom_nodes", self.pack_name),
+                       target_is_directory=True)
+        for extra in self.extra_custom_nodes:
+            os.symlink(extra, os.path.join(self.base_dir, "custom_nodes", os.path.basename(extra)),
                        target_is_directory=True)
         self.log_path = os.path.join(self.base_dir, "comfyui.log")
 

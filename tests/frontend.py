@@ -2,8 +2,8 @@
 
 Needs, outside this repository: Node.js (``node`` on PATH, or ``NODE``), Chromium (``CHROMIUM_PATH``, default
 ``/usr/bin/chromium``) and the npm package ``playwright-core`` (``PLAYWRIGHT_CORE_DIR``: the ``node_modules``
-folder it was installed into, default ``/work/frontend-tools/node_modules``). ``missing_tools()`` says what is
-absent, so tests can skip with that reason. See tests/README.md for the set-up.
+folder it was installed into, default ``$ZIMAGE_TEST_HOST/frontend-tools/node_modules``, where
+tests/setup-host.sh puts it). ``missing_tools()`` says what is absent, so tests can skip with that reason. See tests/README.md for the set-up.
 
 The browser is driven by ``tests/frontend/driver.mjs``, a long-running Node process that takes one JSON
 command per line (goto / eval / console / close). Usage with a running ComfyUIHost::
@@ -26,7 +26,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "frontend", "driver.mjs")
-DEFAULT_PLAYWRIGHT_CORE_DIR = "/work/frontend-tools/node_modules"
+DEFAULT_PLAYWRIGHT_CORE_DIR = os.path.join(os.environ.get("ZIMAGE_TEST_HOST") or "/tmp/zimage-host",
+                                           "frontend-tools", "node_modules")  # tests/setup-host.sh
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 
 

@@ -6,7 +6,7 @@ frames written by hand), plus the websocket client against a socketpair. Fast, n
 
 Part 2 (needs COMFYUI_PATH, skipped otherwise) runs small graphs of the pack's nodes on tiny models through
 a real ComfyUI started with tests/comfyui_host.py:
-    COMFYUI_PATH=/work/comfyui /work/comfy-venv/bin/python -m pytest -q tests/test_api_client.py
+    python -m pytest -q tests/test_api_client.py
 """
 from __future__ import annotations
 
@@ -725,30 +725,21 @@ def test_server_address_forms():
 
 
 # ============================================================================ against a real ComfyUI
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 PROMPT = "a red fox in the snow"
 
 
 @pytest.fixture(scope="module")
-def comfyui(tmp_path_factory):
-    if not COMFYUI_PATH:
-        pytest.skip("COMFYUI_PATH not set: set it to a ComfyUI checkout (e.g. /work/comfyui) to run the client "
-                    "against a real ComfyUI server")
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from comfyui_host import ComfyUIHost
+def comfyui(comfyui_host, tmp_path_factory):
+    """The session's real ComfyUI server with the tiny models under this module's names."""
     from zimage_core.tiny import make_tiny
 
-    host = ComfyUIHost(COMFYUI_PATH)
-    host.start()
-    try:
-        paths = make_tiny(tmp_path_factory.mktemp("tiny"))
-        host.put_model("diffusion_models", "z_image_tiny.safetensors", paths["dit"])
-        host.put_model("text_encoders", "qwen_3_4b_tiny.safetensors", paths["text_encoder"])
-        host.put_model("text_encoders", "tokenizer", paths["tokenizer"])
-        host.put_model("vae", "ae_tiny.safetensors", paths["vae"])
-        yield host
-    finally:
-        host.stop()
+    host = comfyui_host
+    paths = make_tiny(tmp_path_factory.mktemp("tiny"))
+    host.put_model("diffusion_models", "z_image_tiny.safetensors", paths["dit"])
+    host.put_model("text_encoders", "qwen_3_4b_tiny.safetensors", paths["text_encoder"])
+    host.put_model("text_encoders", "tokenizer", paths["tokenizer"])
+    host.put_model("vae", "ae_tiny.safetensors", paths["vae"])
+    return host
 
 
 def with_defaults(graph, object_info):

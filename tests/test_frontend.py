@@ -9,7 +9,7 @@ Two groups:
   workflows/api/, the resolution preset picker of ZImageEmptyLatent and the enhanced-prompt display of
   ZImagePromptEnhancer work without changing what is saved or queued.
 
-Run:  COMFYUI_PATH=/work/comfyui /work/comfy-venv/bin/python -m pytest -q tests/test_frontend.py
+Run:  python -m pytest -q tests/test_frontend.py
 """
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ WORKFLOWS_DIR = Path(os.environ.get("ZIMAGE_WORKFLOWS_DIR") or REPO_ROOT / "work
 WORKFLOWS = sorted(p for p in WORKFLOWS_DIR.glob("*.json") if p.name != "index.json")
 API_DIR = WORKFLOWS_DIR / "api"
 EXTENSION_NAME = "ZImage.Editor"
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 
 
 def _pack_categories():
@@ -121,27 +120,19 @@ def test_js_helpers(tmp_path):
 # ============================================================================ real ComfyUI + Chromium
 
 @pytest.fixture(scope="module")
-def ui():
-    """(host, page): one ComfyUI server and one browser page for this module."""
-    if not COMFYUI_PATH:
-        pytest.skip("COMFYUI_PATH not set: set it to a ComfyUI checkout (e.g. /work/comfyui) to run the browser tests")
+def ui(comfyui_host):
+    """(host, page): the session's ComfyUI server and one browser page for this module."""
     reason = missing_tools()
     if reason:
         pytest.skip(reason)
-    from comfyui_host import ComfyUIHost
-
-    host = ComfyUIHost(COMFYUI_PATH)
-    host.start()
+    host = comfyui_host
+    page = ComfyUIPage.open(host)
     try:
-        page = ComfyUIPage.open(host)
-        try:
-            page.wait_for("return app.extensions.some((e) => e.name === arg)", EXTENSION_NAME, timeout=30)
-            page.startup_log = page.console(clear=True)
-            yield host, page
-        finally:
-            page.close()
+        page.wait_for("return app.extensions.some((e) => e.name === arg)", EXTENSION_NAME, timeout=30)
+        page.startup_log = page.console(clear=True)
+        yield host, page
     finally:
-        host.stop()
+        page.close()
 
 
 def _ours(messages, pack):

@@ -175,6 +175,7 @@ def comfyui_qwen_folder() -> Path:
     return folder
 
 
+@pytest.mark.comfyui
 def test_comfyui_qwen_vocabulary_matches_transformers():
     """151k-token Qwen2.5 vocabulary, vocab.json + merges.txt + tokenizer_config.json layout."""
     ours = assert_same_as_transformers(comfyui_qwen_folder(), TEXTS + fuzz_texts(200))
@@ -182,6 +183,7 @@ def test_comfyui_qwen_vocabulary_matches_transformers():
     assert ours.encode(TEMPLATE.format(prompt="a cat"))[:3] == [151644, 872, 198]  # <|im_start|> user \n
 
 
+@pytest.mark.comfyui
 def test_comfyui_qwen_vocabulary_saved_as_tokenizer_json_matches_transformers(tmp_path):
     """The same vocabulary in the tokenizer.json layout, as transformers saves it (written to tmp_path)."""
     transformers = pytest.importorskip("transformers")

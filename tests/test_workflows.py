@@ -4,7 +4,6 @@ classes (core ComfyUI nodes replaced by stand-ins, see workflow_support.make_sta
 COMFYUI_PATH set, every workflow run in a real ComfyUI server through zimage_core.api_client.
 
     python -m pytest -q tests/test_workflows.py
-    COMFYUI_PATH=/work/comfyui /work/comfy-venv/bin/python -m pytest -q tests/test_workflows.py
 """
 from __future__ import annotations
 
@@ -430,32 +429,25 @@ def test_native_mixed_runs_with_the_stand_ins(tiny_env, pack):
 
 # ------------------------------------------------------------------------------- a real ComfyUI server
 
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 FULL_VAE = "ae.safetensors"  # a full-size random Flux VAE under the real name (ComfyUI's VAELoader needs the shape)
 
 
 @pytest.fixture(scope="module")
-def server(tiny, tmp_path_factory):
-    """A ComfyUI server with the pack, the tiny models under the workflows' real file names, a full-size
+def server(comfyui_host, tiny, tmp_path_factory):
+    """The session's ComfyUI server with the tiny models under the workflows' real file names, a full-size
     random Flux VAE as ae.safetensors, tiny LoRAs under the LoRA names and input/example.png."""
-    if not COMFYUI_PATH:
-        pytest.skip("COMFYUI_PATH not set: set it to a ComfyUI checkout (e.g. /work/comfyui) to run the example "
-                    "workflows in a real ComfyUI server")
-    from comfyui_host import ComfyUIHost
     from safetensors.torch import save_file
 
     from zimage_core.tiny.vae import random_vae
     from zimage_core.vae import VAEConfig
 
-    d, paths = tmp_path_factory.mktemp("server_models"), tiny
+    d, paths, host = tmp_path_factory.mktemp("server_models"), tiny, comfyui_host
     # ComfyUI builds the Flux VAE with a fixed config (ch 128, ch_mult 1,2,4,4, 2 res blocks; comfy/sd.py), so
     # its VAELoader needs ae-shaped weights: 83.8M random parameters, 335 MB in fp32 (deleted afterwards).
     ae = random_vae(VAEConfig(channels=(128, 256, 512, 512), num_res_blocks=2, z_channels=16), seed=1)
     full_vae = d / "ae_full.safetensors"
     save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(full_vae))
     del ae
-    host = ComfyUIHost(COMFYUI_PATH)
-    host.start()
     try:
         for name in ("z_image_turbo_bf16.safetensors", "z_image_bf16.safetensors"):
             host.put_model("diffusion_models", name, paths["dit"])
@@ -467,7 +459,7 @@ def server(tiny, tmp_path_factory):
         ws.write_example_image(Path(host.input_dir) / "example.png", SIZE)
         yield host
     finally:
-        host.stop()
+        host.remove_model("vae", FULL_VAE)
         full_vae.unlink(missing_ok=True)
 
 
