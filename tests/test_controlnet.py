@@ -132,3 +132,144 @@ def test_wrong_files_and_bad_inputs_get_clear_errors(tmp_path, dit):
     with pytest.raises(InputError, match="resize the control image"):
         ours_dit(torch.zeros(1, 16, 8, 8), torch.tensor([0.5]), [torch.zeros(3, 64)],
                  control=ControlStep([Control(net, torch.zeros(1, 16, 12, 8))]))
+
+
+# ------------------------------------------------------------------------------ whole pipelines, tiny files
+
+PROMPT = "a red fox sitting in the snow at sunrise"
+W, H = 128, 96
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    from zimage_core.pipeline import ZImagePipeline
+    from zimage_core.tiny import make_tiny
+    from zimage_core.tiny.controlnet import write_tiny_controlnets
+
+    d = tmp_path_factory.mktemp("cn_tiny")
+    paths = make_tiny(d / "models")
+    nets = write_tiny_controlnets(d / "controlnets")
+    pipe = ZImagePipeline.from_files(paths["dit"], paths["text_encoder"], paths["vae"], paths["tokenizer"], "fp32")
+    return paths, nets, pipe
+
+
+def _image(seed, h=H, w=W):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, h // 16, w // 16, generator=g)
+    return torch.nn.functional.interpolate(base, size=(h, w), mode="bilinear").permute(0, 2, 3, 1)  # IMAGE
+
+
+def _pixels(images):
+    import numpy as np
+
+    a = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    return (a * 255).round().astype(np.int32)
+
+
+def test_single_file_and_diffusers_folder_load_the_same_weights(tiny_set):
+    _, nets, _ = tiny_set
+    for variant in ("1.0", "2.0", "2.1", "lite"):
+        a, b = load_controlnet(nets[variant], "fp32"), load_controlnet(nets[variant + "/diffusers"], "fp32")
+        assert a.cfg == b.cfg
+        for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(va, vb), (variant, k)
+
+
+@pytest.mark.parametrize("variant,scale,end", [("1.0", 0.7, 1.0), ("2.1", 1.0, 1.0), ("2.0", 0.7, 1.0)])
+def test_controlnet_pipeline_matches_diffusers(tiny_set, variant, scale, end):
+    from zimage_core.controlnet import ControlImage
+
+    paths, nets, pipe = tiny_set
+    ref_net = diffusers.ZImageControlNetModel.from_pretrained(str(nets[variant + "/diffusers"]))
+    ref = diffusers.ZImageControlNetPipeline.from_pretrained(str(paths["diffusers"]), controlnet=ref_net)
+    control = _image(3)
+    expected = ref(PROMPT, control_image=control.permute(0, 3, 1, 2) * 2 - 1, controlnet_conditioning_scale=scale,
+                   height=H, width=W, num_inference_steps=4, guidance_scale=0.0,
+                   generator=torch.Generator("cpu").manual_seed(9), output_type="np").images
+    net = load_controlnet(nets[variant], "fp32")
+    got = pipe.generate(PROMPT, width=W, height=H, steps=4, seed=9, controls=[ControlImage(net, control, scale)])
+    a, b = _pixels(got), _pixels(expected)
+    assert b.std() > 20 and abs(a - b).max() <= 1
+    plain = _pixels(pipe.generate(PROMPT, width=W, height=H, steps=4, seed=9))
+    assert abs(a - plain).max() > 10  # the control changed the picture
+
+
+def test_controlnet_inpaint_pipeline_matches_diffusers(tiny_set):
+    from zimage_core.controlnet import ControlImage
+
+    paths, nets, pipe = tiny_set
+    ref_net = diffusers.ZImageControlNetModel.from_pretrained(str(nets["2.1/diffusers"]))
+    ref = diffusers.ZImageControlNetInpaintPipeline.from_pretrained(str(paths["diffusers"]), controlnet=ref_net)
+    control, init = _image(4), _image(5)
+    mask = torch.zeros(1, H, W)
+    mask[:, 16:80, 32:96] = 1.0
+    expected = ref(PROMPT, image=init.permute(0, 3, 1, 2) * 2 - 1, mask_image=mask[:, None],
+                   control_image=control.permute(0, 3, 1, 2) * 2 - 1, controlnet_conditioning_scale=0.9,
+                   height=H, width=W, num_inference_steps=4, guidance_scale=0.0,
+                   generator=torch.Generator("cpu").manual_seed(2), output_type="np").images
+    net = load_controlnet(nets["2.1"], "fp32")
+    got = pipe.generate(PROMPT, width=W, height=H, steps=4, seed=2, controls=[
+        ControlImage(net, control, 0.9, inpaint_image=init, inpaint_mask=mask)])
+    a, b = _pixels(got), _pixels(expected)
+    assert abs(a - b).max() <= 1
+
+
+def test_partial_range_equals_the_reference_with_the_hint_off_outside_it(tiny_set):
+    """start/end in model time t = 1 - sigma: with end 0.2 the control acts on the steps with sigma >= 0.8.
+    The reference: diffusers' denoising loop with the scale set to 0 on the other steps."""
+    from zimage_core.controlnet import ControlImage
+    from zimage_core.schedules import flow_sigmas
+
+    paths, nets, pipe = tiny_set
+    ref_net = diffusers.ZImageControlNetModel.from_pretrained(str(nets["1.0/diffusers"]))
+    ref = diffusers.ZImageControlNetPipeline.from_pretrained(str(paths["diffusers"]), controlnet=ref_net)
+    sig = flow_sigmas(4).tolist()[:-1]
+    on = [0.0 <= 1 - s <= 0.2 for s in sig]
+    assert any(on) and not all(on)
+    scales = iter([0.8 if o else 0.0 for o in on])
+    forward = ref_net.forward
+    ref_net.forward = lambda *a, conditioning_scale=1.0, **k: forward(*a, conditioning_scale=next(scales), **k)
+    control = _image(6)
+    expected = ref(PROMPT, control_image=control.permute(0, 3, 1, 2) * 2 - 1, controlnet_conditioning_scale=0.8,
+                   height=H, width=W, num_inference_steps=4, guidance_scale=0.0,
+                   generator=torch.Generator("cpu").manual_seed(1), output_type="np").images
+    net = load_controlnet(nets["1.0"], "fp32")
+    got = pipe.generate(PROMPT, width=W, height=H, steps=4, seed=1,
+                        controls=[ControlImage(net, control, 0.8, start=0.0, end=0.2)])
+    assert abs(_pixels(got) - _pixels(expected)).max() <= 1
+
+
+def test_cli_control_gives_the_pipeline_image(tiny_set, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from zimage_core.cli import main
+    from zimage_core.controlnet import ControlImage
+
+    paths, nets, pipe = tiny_set
+    control = _image(7)
+    Image.fromarray((control[0].numpy() * 255).round().astype(np.uint8)).save(tmp_path / "canny.png")
+    rc = main(["generate", "--dit", str(paths["dit"]), "--text-encoder", str(paths["text_encoder"]),
+               "--vae", str(paths["vae"]), "--tokenizer", str(paths["tokenizer"]), "--prompt", PROMPT,
+               "--width", str(W), "--height", str(H), "--steps", "2", "--seed", "4",
+               "--control", str(tmp_path / "canny.png"), "--control-model", str(nets["2.1"]),
+               "--control-scale", "0.6", "--out", str(tmp_path / "out.png")])
+    assert rc == 0
+    saved = np.asarray(Image.open(tmp_path / "out.png").convert("RGB")).astype(np.int32)
+    reread = torch.from_numpy(np.asarray(Image.open(tmp_path / "canny.png"), dtype=np.float32) / 255)[None]
+    net = load_controlnet(nets["2.1"])
+    expected = _pixels(pipe.generate(PROMPT, width=W, height=H, steps=2, seed=4,
+                                     controls=[ControlImage(net, reread, 0.6)]))[0]
+    assert abs(saved - expected).max() <= 1
+
+
+def test_cli_control_errors_are_clear(tiny_set, tmp_path, capsys):
+    from zimage_core.cli import main
+
+    paths, nets, _ = tiny_set
+    base = ["generate", "--tiny", "--prompt", "x", "--width", "64", "--height", "64", "--steps", "1",
+            "--out", str(tmp_path / "o.png")]
+    assert main(base + ["--control", "a.png"]) == 2
+    assert "1 --control image(s) but 0 --control-model" in capsys.readouterr().err
+    assert main(base + ["--control-inpaint"]) == 2
+    assert "--control-inpaint needs a ControlNet" in capsys.readouterr().err

@@ -32,15 +32,18 @@ control latent) or 33 (control latent ‖ 1-channel keep mask ‖ masked-image l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .checkpoint import WeightSource, strip_prefix
 from .dit_loader import FP8_DTYPES, default_dtypes
 from .errors import CheckpointError, InputError
+from .latent import to_model_space
 from .ops import Linear
 from .transformer import DiTConfig, TransformerBlock, ZImageDiT, _batch
 
@@ -127,27 +130,61 @@ class ZImageControlNet(nn.Module):
 class Control:
     """One ControlNet applied with one control latent.
 
-    latent: [1 or B, control_in_dim, H, W] in model space (the DiT's latent size); scale: conditioning scale;
-    start/end: the part of the schedule (fractions of the steps, 0 = first) where it acts;
+    latent: [1 or B, control_in_dim, H, W] in model space at the DiT's latent size, or a function
+    (H, W) -> such a latent (encoded on first use for the size being generated, then kept);
+    scale: conditioning scale; start/end: the part of the denoising where it acts, as model time
+    t = 1 - sigma (0 = the first, pure-noise step; the pack's convention, as for cfg_truncation);
     mask: optional [1 or B, 1, H, W] in 0..1 that scales the hint on image tokens (caption tokens keep it).
     """
 
     net: ZImageControlNet
-    latent: torch.Tensor
+    latent: torch.Tensor | Callable[[int, int], torch.Tensor]
     scale: float = 1.0
     start: float = 0.0
     end: float = 1.0
     mask: torch.Tensor | None = None
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         if not 0.0 <= self.start <= self.end <= 1.0:
             raise InputError(f"ControlNet start {self.start} and end {self.end} must satisfy 0 <= start <= end <= 1.")
-        if self.latent.ndim != 4 or self.latent.shape[1] != self.net.cfg.control_in_dim:
-            raise InputError(f"control latent of shape {tuple(self.latent.shape)}; this ControlNet takes "
-                             f"[B, {self.net.cfg.control_in_dim}, H, W].")
+        if torch.is_tensor(self.latent):
+            self._check(self.latent)
 
-    def active(self, progress: float) -> bool:
-        return self.scale != 0 and self.start <= progress <= self.end
+    def _check(self, latent: torch.Tensor) -> torch.Tensor:
+        if latent.ndim != 4 or latent.shape[1] != self.net.cfg.control_in_dim:
+            raise InputError(f"control latent of shape {tuple(latent.shape)}; this ControlNet takes "
+                             f"[B, {self.net.cfg.control_in_dim}, H, W].")
+        return latent
+
+    def latent_for(self, height: int, width: int) -> torch.Tensor:
+        if torch.is_tensor(self.latent):
+            return self.latent
+        if (height, width) not in self._cache:
+            self._cache.clear()
+            self._cache[(height, width)] = self._check(self.latent(height, width))
+        return self._cache[(height, width)]
+
+    def active(self, sigma: float) -> bool:
+        return self.scale != 0 and self.start <= 1.0 - float(sigma) <= self.end
+
+
+class ControlPatch:
+    """A `PatchedDiT` patch (see patching.py) that adds controls to every step where they are active."""
+
+    def __init__(self, controls: list[Control]):
+        self.controls = list(controls)
+
+    def install(self, dit):
+        for c in self.controls:
+            c.net.check_fits(dit)
+
+    def uninstall(self, dit):
+        pass
+
+    def step_controls(self, step: int, sigma: float, n_steps: int) -> dict:
+        active = [c for c in self.controls if c.active(sigma)]
+        return {"control": ControlStep(active)} if active else {}
 
 
 @dataclass
@@ -155,6 +192,9 @@ class ControlStep:
     """What `ZImageDiT.forward` hands to the controls (the `control=` argument) at one step."""
 
     controls: list[Control] = field(default_factory=list)
+
+    def __add__(self, other: ControlStep) -> ControlStep:
+        return ControlStep(self.controls + other.controls)
 
     def __call__(self, dit: ZImageDiT, x_pre, x_mask, x_rot, x_ref, unified, mask, rot, context, n_img, sizes, c):
         """Hints {DiT layer: [B, S, D]} summed over the controls.
@@ -184,7 +224,8 @@ def _hints(ctl: Control, dit: ZImageDiT, x_pre, x_mask, x_rot, x_ref, unified, m
     B = len(n_img)
     pad = dit.x_pad_token.to(dtype)
     p = dit.cfg.patch_size
-    latents = _per_sample(ctl.latent.to(x_pre.device), B, "control latents")
+    h0, w0 = sizes[0]
+    latents = _per_sample(ctl.latent_for(h0 * p, w0 * p).to(x_pre.device), B, "control latents")
     for lat, (h, w) in zip(latents, sizes):
         if tuple(lat.shape[-2:]) != (h * p, w * p):
             raise InputError(f"control latent {tuple(lat.shape[-2:])} for a latent of {(h * p, w * p)}; resize the "
@@ -238,6 +279,77 @@ def _mask_tokens(mask: torch.Tensor, B: int, sizes, S: int, dtype) -> torch.Tens
         tok = torch.nn.functional.avg_pool2d(m[None], 2)[0].reshape(-1)  # [h * w], row-major like the patches
         out[b, : h * w, 0] = tok.to(dtype)
     return out
+
+
+# ---------------------------------------------------------------------------------------- control images
+
+@dataclass
+class ControlImage:
+    """A ControlNet with its control image, as a user gives it (node, CLI, pipeline).
+
+    image: IMAGE [1 or B, H, W, 3] in 0..1 (canny, depth, pose, ... already made by a preprocessor);
+    inpaint_image / inpaint_mask (inpaint-capable 33-channel files only): the image to inpaint and
+    [1 or B, H, W] 0..1, 1 = repaint; mask: optional [1 or B, H, W] spatial weight of the control.
+    Images are resized to the generated size (bicubic, antialiased) and encoded with the Flux VAE's mean,
+    as diffusers' ZImageControlNet(Inpaint)Pipeline does; without an inpaint input a 33-channel file gets
+    zeros there, as in diffusers' plain ControlNet pipeline.
+    """
+
+    net: ZImageControlNet
+    image: torch.Tensor
+    scale: float = 0.75
+    start: float = 0.0
+    end: float = 1.0
+    mask: torch.Tensor | None = None
+    inpaint_image: torch.Tensor | None = None
+    inpaint_mask: torch.Tensor | None = None
+
+    def __post_init__(self):
+        extra = self.net.cfg.control_in_dim - 16
+        if (self.inpaint_image is None) != (self.inpaint_mask is None):
+            raise InputError("ControlNet inpainting needs both the image to inpaint and its mask (1 = repaint).")
+        if self.inpaint_image is not None and extra != 17:
+            raise InputError(f"this ControlNet ({self.net.source if hasattr(self.net, 'source') else 'file'}) has "
+                             f"no inpaint input (control_in_dim {self.net.cfg.control_in_dim}); inpainting needs "
+                             "a 2.0 or newer Union file (33 input channels).")
+
+    def to_control(self, vae) -> Control:
+        def latent(h: int, w: int) -> torch.Tensor:
+            return control_latent(vae, self, h * 8, w * 8)
+
+        mask = None if self.mask is None else self.mask.float().reshape(-1, 1, *self.mask.shape[-2:])
+        return Control(self.net, latent, self.scale, self.start, self.end, mask)
+
+
+def _resized_pixels(image: torch.Tensor, height: int, width: int, what: str) -> torch.Tensor:
+    """IMAGE [B, H, W, C>=3] 0..1 -> [B, 3, height, width] in -1..1."""
+    if image.ndim != 4 or image.shape[-1] < 3:
+        raise InputError(f"{what} of shape {tuple(image.shape)}; expected an IMAGE [B, H, W, 3] in 0..1.")
+    pixels = image[..., :3].permute(0, 3, 1, 2).float() * 2 - 1
+    if pixels.shape[-2:] != (height, width):
+        pixels = F.interpolate(pixels, size=(height, width), mode="bicubic", antialias=True).clamp(-1, 1)
+    return pixels
+
+
+@torch.no_grad()
+def control_latent(vae, ctl: ControlImage, height: int, width: int) -> torch.Tensor:
+    """Model-space control latent [B, control_in_dim, height/8, width/8] on the CPU, float32."""
+    def encode(pixels):
+        return to_model_space(vae.encode(pixels.to(vae.device, vae.dtype))).float().cpu()
+
+    latent = encode(_resized_pixels(ctl.image, height, width, "control image"))
+    extra = ctl.net.cfg.control_in_dim - latent.shape[1]
+    if extra <= 0:
+        return latent
+    if ctl.inpaint_image is None:
+        return torch.cat([latent, latent.new_zeros(latent.shape[0], extra, *latent.shape[2:])], dim=1)
+    m = ctl.inpaint_mask.float().reshape(-1, 1, *ctl.inpaint_mask.shape[-2:])
+    m = (F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False) >= 0.5).float()  # binarised
+    init = encode(_resized_pixels(ctl.inpaint_image, height, width, "inpaint image") * (m < 0.5))
+    keep = F.interpolate(1 - m, size=latent.shape[-2:], mode="nearest")
+    n = max(len(latent), len(init), len(keep))
+    rep = [t.repeat(n // len(t), 1, 1, 1) if len(t) < n else t for t in (latent, keep, init)]
+    return torch.cat(rep, dim=1)
 
 
 # ------------------------------------------------------------------------------------------------ loading
