@@ -170,10 +170,12 @@ class Control:
 
 
 class ControlPatch:
-    """A `PatchedDiT` patch (see patching.py) that adds controls to every step where they are active."""
+    """A `PatchedDiT` patch (see patching.py) that adds controls to every step where they are active.
+    host: the ComfyUI ModelPatcher of the ControlNet, loaded together with the DiT (None standalone)."""
 
-    def __init__(self, controls: list[Control]):
+    def __init__(self, controls: list[Control], host=None):
         self.controls = list(controls)
+        self.host = host
 
     def install(self, dit):
         for c in self.controls:
@@ -334,8 +336,8 @@ def _resized_pixels(image: torch.Tensor, height: int, width: int, what: str) -> 
 @torch.no_grad()
 def control_latent(vae, ctl: ControlImage, height: int, width: int) -> torch.Tensor:
     """Model-space control latent [B, control_in_dim, height/8, width/8] on the CPU, float32."""
-    def encode(pixels):
-        return to_model_space(vae.encode(pixels.to(vae.device, vae.dtype))).float().cpu()
+    def encode(pixels):  # the mean of the latent distribution (diffusers' sample_mode="argmax")
+        return to_model_space(vae.encode(pixels)).float().cpu()
 
     latent = encode(_resized_pixels(ctl.image, height, width, "control image"))
     extra = ctl.net.cfg.control_in_dim - latent.shape[1]

@@ -30,6 +30,11 @@ class PatchedDiT:
     def with_patch(self, patch) -> PatchedDiT:
         return PatchedDiT(self.dit, self.patches + (patch,), self.host)
 
+    def hosts(self) -> list:
+        """The ModelPatchers to load for a run: the DiT's and those of patches that bring a model (ControlNet)."""
+        out = [self.host] + [getattr(p, "host", None) for p in self.patches]
+        return [h for i, h in enumerate(out) if h is not None and h not in out[:i]]
+
     @contextlib.contextmanager
     def applied(self):
         done = []
