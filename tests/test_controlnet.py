@@ -273,3 +273,42 @@ def test_cli_control_errors_are_clear(tiny_set, tmp_path, capsys):
     assert "1 --control image(s) but 0 --control-model" in capsys.readouterr().err
     assert main(base + ["--control-inpaint"]) == 2
     assert "--control-inpaint needs a ControlNet" in capsys.readouterr().err
+
+
+# variant -> (control_in_dim, control layers, refiner kind, the DiT layers the released config lists)
+RELEASED = {
+    "1.0": (16, 6, "plain", [0, 5, 10, 15, 20, 25]),
+    "2.0": (33, 15, "layers", list(range(0, 30, 2))),
+    "2.1": (33, 15, "refiner", list(range(0, 30, 2))),
+    "lite": (33, 3, "refiner", [0, 10, 20]),
+}
+
+
+@pytest.mark.parametrize("variant", list(RELEASED))
+def test_full_size_released_variants_on_the_meta_device(variant):
+    """The released files' key sets and shapes (diffusers names, as in the VideoX-Fun files) for a
+    3840-wide, 30-layer Z-Image DiT; built on the meta device, read back through the loader's config."""
+    from zimage_core.controlnet import ControlNetConfig, ZImageControlNet, read_config
+    from zimage_core.transformer import DiTConfig
+
+    in_dim, n, kind, places = RELEASED[variant]
+    dit = DiTConfig()
+    cfg = ControlNetConfig(dim=3840, n_heads=30, ffn_dim=10240, control_in_dim=in_dim, n_control_layers=n,
+                           variant=kind)
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in ZImageControlNet(cfg).state_dict().items()}
+    assert cfg.places(dit.n_layers) == places
+    assert shapes["control_all_x_embedder.2-1.weight"] == (3840, 4 * in_dim)
+    assert shapes[f"control_layers.{n - 1}.adaLN_modulation.0.weight"] == (4 * 3840, 256)
+    assert shapes["control_layers.0.attention.qkv.weight"] == (3 * 3840, 3840)  # to_q/to_k/to_v in the file
+    assert shapes["control_layers.0.feed_forward.w1.weight"] == (10240, 3840)
+    assert shapes["control_layers.0.before_proj.weight"] == (3840, 3840)
+    assert "control_layers.1.before_proj.weight" not in shapes
+    assert shapes[f"control_layers.{n - 1}.after_proj.weight"] == (3840, 3840)
+    refiner = {k for k in shapes if k.startswith("control_noise_refiner.")}
+    if kind == "layers":
+        assert not refiner
+    else:
+        assert "control_noise_refiner.1.adaLN_modulation.0.weight" in shapes
+        assert ("control_noise_refiner.0.before_proj.weight" in shapes) == (kind == "refiner")
+    assert read_config(shapes, lambda: False, "meta") == cfg
