@@ -54,6 +54,7 @@ HOST_FIXTURES = ("comfyui_host",)
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "comfyui: needs the real ComfyUI host (COMFYUI_PATH); never skipped in CI")
+    config.addinivalue_line("markers", "soak: long mixed queue on one server (bounded in CI; ZIMAGE_SOAK_PROMPTS)")
     if not REQUIRE_HOST:
         return
     from frontend import missing_tools
