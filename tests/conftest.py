@@ -86,6 +86,16 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(scope="session")
+def artifacts_dir():
+    """Where tests leave files for people to look at (screenshots, soak figures): test-artifacts/ at the
+    repository root, or ZIMAGE_TEST_ARTIFACTS. CI uploads it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.abspath(os.environ.get("ZIMAGE_TEST_ARTIFACTS") or os.path.join(root, "test-artifacts"))
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
 def comfyui_host():
     """One real ComfyUI server (our pack + ComfyUI-GGUF when set up) for the whole session. Modules add the
     models they need with `put_model`; the server is stopped at the end of the session."""

@@ -12,7 +12,7 @@ image equals its reference: the core ZImagePipeline (the LoRA merged into a copy
 every later run of the same graph equals the first run exactly. Every bad prompt ends in `execution_error`
 naming the file or value. After the queue: the server's RSS is within 10% of its RSS after the first round,
 its open file descriptors did not grow, no temp file is left (ComfyUI's temp folder, /tmp entries of the
-pack). The figures go to test-artifacts/soak.json (folder: ZIMAGE_TEST_ARTIFACTS).
+pack). The figures go to test-artifacts/soak.json (the `artifacts_dir` fixture; ZIMAGE_TEST_ARTIFACTS).
 
 Run:  python -m pytest -q tests/test_soak.py      (ZIMAGE_SOAK_PROMPTS=300 for a longer soak)
 """
@@ -32,8 +32,6 @@ sys.path.insert(0, str(HERE))
 
 pytestmark = [pytest.mark.soak, pytest.mark.comfyui]
 
-REPO_ROOT = HERE.parent
-ARTIFACTS = Path(os.environ.get("ZIMAGE_TEST_ARTIFACTS") or REPO_ROOT / "test-artifacts")
 N_PROMPTS = int(os.environ.get("ZIMAGE_SOAK_PROMPTS") or 60)
 PROMPT = "a lighthouse on a cliff at dusk, waves below"
 DIT, DIT2 = "soak_dit.safetensors", "soak_dit_other.safetensors"
@@ -130,8 +128,9 @@ def soak_server(comfyui_host, tiny, tmp_path_factory):
     host, d = comfyui_host, tmp_path_factory.mktemp("soak_models")
     other = make_tiny(d / "other", seed=1)
     loras = {LORA1: write_tiny_lora(d / LORA1, seed=11), LORA2: write_tiny_lora(d / LORA2, seed=12, scale=0.5)}
+    host.put_model("text_encoders", "tokenizer", tiny["tokenizer"])  # beside the single file; shared, left there
     placed = [("diffusion_models", DIT, tiny["dit"]), ("diffusion_models", DIT2, other["dit"]),
-              ("text_encoders", TE, tiny["text_encoder"]), ("text_encoders", "tokenizer", tiny["tokenizer"]),
+              ("text_encoders", TE, tiny["text_encoder"]),
               ("vae", VAE, tiny["vae"]), ("diffusers", TE_DIFFUSERS.split("/", 1)[1], tiny["diffusers"]),
               ("diffusion_models", WRONG, tiny["vae"]), ("loras", LORA1, loras[LORA1]),
               ("loras", LORA2, loras[LORA2])]
@@ -168,7 +167,7 @@ def _files(folder):
     return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file())
 
 
-def test_soak_mixed_queue(soak_server):
+def test_soak_mixed_queue(soak_server, artifacts_dir):
     import psutil
 
     host, paths, lora_paths = soak_server
@@ -265,8 +264,7 @@ def test_soak_mixed_queue(soak_server):
         "fds_after_round1": fds_round1, "fds_end": fds_end, "duration_s": round(duration, 1),
         "s_per_prompt": round(duration / len(names), 2),
     }
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "soak.json").write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+    (Path(artifacts_dir) / "soak.json").write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
     print("\nsoak:", json.dumps(figures))
 
     assert abs(rss_end / rss_round1 - 1) <= 0.10, figures
