@@ -205,7 +205,7 @@ def test_soak_mixed_queue(soak_server, artifacts_dir):
     # every prompt's end reached the websocket client
     assert set(finished) == {pid for _, pid, _ in queued}
 
-    firsts, refs, errors, problems = {}, {}, 0, []
+    firsts, refs, errors, problems, messages = {}, {}, 0, [], {}
     for name, pid, prefix in queued:
         entry = host.wait_for(pid, timeout=60, raise_on_error=False)
         err = host.execution_error(entry)
@@ -239,6 +239,7 @@ def test_soak_mixed_queue(soak_server, artifacts_dir):
             if "execution_error" not in finished[pid]:
                 problems.append(f"{prefix}: execution_error not sent over the websocket")
             msg = err["exception_message"]
+            messages.setdefault(name, msg)
             if err["node_type"] != node_type or not all(s in msg for s in needles):
                 problems.append(f"{prefix}: {err['node_type']} says {msg!r}; expected {node_type} naming {needles}")
             if "Traceback" in msg or len(msg) > 600:
@@ -262,7 +263,7 @@ def test_soak_mixed_queue(soak_server, artifacts_dir):
         "rss_start_mb": round(rss_start / 2**20, 1), "rss_after_round1_mb": round(rss_round1 / 2**20, 1),
         "rss_end_mb": round(rss_end / 2**20, 1), "rss_growth_vs_round1": round(rss_end / rss_round1 - 1, 4),
         "fds_after_round1": fds_round1, "fds_end": fds_end, "duration_s": round(duration, 1),
-        "s_per_prompt": round(duration / len(names), 2),
+        "s_per_prompt": round(duration / len(names), 2), "error_messages": messages,
     }
     (Path(artifacts_dir) / "soak.json").write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
     print("\nsoak:", json.dumps(figures))
