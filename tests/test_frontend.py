@@ -121,7 +121,8 @@ def test_js_helpers(tmp_path):
 
 # Where each model input of the workflows looks for its file (the ComfyUI folder kind).
 MODEL_INPUTS = {"dit_name": "diffusion_models", "text_encoder_name": "text_encoders", "vae_name": "vae",
-                "lora_name": "loras", "lora_1": "loras", "lora_2": "loras", "lora_3": "loras", "lora_4": "loras"}
+                "lora_name": "loras", "lora_1": "loras", "lora_2": "loras", "lora_3": "loras", "lora_4": "loras",
+                "controlnet_name": "model_patches"}
 
 
 def _workflow_files():
@@ -148,7 +149,8 @@ def workflow_models(comfyui_host, tiny, tmp_path_factory):
 
     host, d = comfyui_host, tmp_path_factory.mktemp("frontend_models")
     src = {"diffusion_models": tiny["dit"], "text_encoders": tiny["text_encoder"], "vae": tiny["vae"],
-           "loras": write_tiny_lora(d / "lora.safetensors")}
+           "loras": write_tiny_lora(d / "lora.safetensors"),
+           "model_patches": tiny["dit"]}  # the editor only checks that the name is listed; nothing loads it here
     host.put_model("text_encoders", "tokenizer", tiny["tokenizer"])  # beside the single file; shared, left there
     added = []
     for kind, name in sorted(_workflow_files()):
