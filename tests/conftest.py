@@ -54,6 +54,7 @@ HOST_FIXTURES = ("comfyui_host",)
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "comfyui: needs the real ComfyUI host (COMFYUI_PATH); never skipped in CI")
+    config.addinivalue_line("markers", "soak: long mixed queue on one server (bounded in CI; ZIMAGE_SOAK_PROMPTS)")
     if not REQUIRE_HOST:
         return
     from frontend import missing_tools
@@ -82,6 +83,16 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"a real-host test skipped where the host is required (CI): {reason}"
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir():
+    """Where tests leave files for people to look at (screenshots, soak figures): test-artifacts/ at the
+    repository root, or ZIMAGE_TEST_ARTIFACTS. CI uploads it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.abspath(os.environ.get("ZIMAGE_TEST_ARTIFACTS") or os.path.join(root, "test-artifacts"))
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -171,6 +171,15 @@ class Browser:
         ``[{"kind", "type", "text", "url"}]``."""
         return self.command("console", clear=clear)
 
+    def act(self, selector, action="click", value=None, timeout=30.0, position=None, button=None):
+        """A user action on the first element matching a Playwright ``selector`` (CSS, ``text=...``,
+        ``role=button[name="..."]``): ``click``, ``hover``, ``fill`` (``value``: the text) or ``press``
+        (``value``: a key such as "Enter"). Waits until the element is visible and enabled. ``position``:
+        {"x", "y"} inside the element (a point on the canvas); ``button``: "right" opens a context menu."""
+        extra = {k: v for k, v in (("position", position), ("button", button)) if v is not None}
+        self.command("act", wait=timeout, selector=selector, action=action, value=value,
+                     timeout=int(timeout * 1000), **extra)
+
     def screenshot(self, path):
         self.command("screenshot", path=os.path.abspath(path))
 

@@ -11,7 +11,12 @@
 //       src is the body of an async function of `arg` and `app` (ComfyUI's app object, as extensions import
 //       it); its return value must be JSON-able.
 //   {"id": 3, "op": "console", "clear": true}   -> console messages, page errors and failed requests so far
-//   {"id": 4, "op": "close"}
+//   {"id": 4, "op": "act", "selector": "[aria-label='Node Library (n)']", "action": "click", "value": null,
+//    "timeout": 30000}   -> a user action through Playwright's locator (first match): click, hover, fill
+//       (value = the text), press (value = a key, e.g. "Enter"); waits for the element to be actionable.
+//       Optional "position": {x, y} inside the element, "button": "right" (clicks).
+//   {"id": 5, "op": "screenshot", "path": "/abs/file.png"}
+//   {"id": 6, "op": "close"}
 // Answers: {"id": 1, "ok": true, "value": ...} or {"id": 1, "ok": false, "error": "..."}.
 // The first line written is {"ready": true, "version": "<chromium version>"} (or {"ready": false, "error"}).
 import fs from "node:fs";
@@ -114,6 +119,16 @@ async function main() {
       } else if (op === "console") {
         value = log.slice();
         if (cmd.clear) log.length = 0;
+      } else if (op === "act") {
+        const target = page.locator(cmd.selector).first();
+        const opts = { timeout: cmd.timeout || 30000 };
+        if (cmd.position) opts.position = cmd.position;  // {x, y} inside the element (e.g. a point on the canvas)
+        if (cmd.button) opts.button = cmd.button;        // "right" for a context menu
+        if (cmd.action === "click") await target.click(opts);
+        else if (cmd.action === "hover") await target.hover(opts);
+        else if (cmd.action === "fill") await target.fill(String(cmd.value ?? ""), opts);
+        else if (cmd.action === "press") await target.press(String(cmd.value), opts);
+        else throw new Error(`unknown action ${cmd.action}`);
       } else if (op === "screenshot") {
         await page.screenshot({ path: cmd.path, fullPage: false });
       } else if (op === "close") {
