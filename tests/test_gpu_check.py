@@ -1,6 +1,10 @@
 """The one-command GPU check, run on its tiny CPU path (the same rows and code as on a GPU) and as a dry run."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -9,8 +13,14 @@ from zimage_core import gpu_check
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """The exact command of the GPU session, in its own process (as on the device machine: pytest's own
+    sys.path additions could shadow packages such as gguf that diffusers imports)."""
     out = tmp_path_factory.mktemp("gpu_check")
-    assert gpu_check.main(["--tiny", "--out", str(out / "out"), "--workdir", str(out / "weights")]) == 0
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "zimage_core.gpu_check", "--tiny", "--out", str(out / "out"),
+                        "--workdir", str(out / "weights")], cwd=root, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr[-2000:]
     return json.loads((out / "out" / "gpu_check.json").read_text()), (out / "out" / "gpu_check.txt").read_text()
 
 
