@@ -53,6 +53,7 @@ def make_models(root: Path, name: str) -> dict[str, Path]:
     """Random weights in the real formats: native DiT (fp32, bf16, fp8), diffusers model folder, TE, VAE."""
     from safetensors.torch import save_file
 
+    from .tiny import write_diffusers_index
     from .tiny.dit import random_dit_state, write_diffusers_folder
     from .tiny.text_encoder import write_tiny_text_encoder
     from .tiny.vae import write_tiny_vae
@@ -72,14 +73,7 @@ def make_models(root: Path, name: str) -> dict[str, Path]:
     te = write_tiny_text_encoder(model, **cfg["te"])
     ch, blocks = cfg["vae"]
     write_tiny_vae(model, cfg=VAEConfig(channels=ch, num_res_blocks=blocks))
-    (model / "scheduler").mkdir(exist_ok=True)
-    (model / "scheduler" / "scheduler_config.json").write_text(json.dumps(
-        {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
-         "use_dynamic_shifting": False}))
-    (model / "model_index.json").write_text(json.dumps({
-        "_class_name": "ZImagePipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "Qwen3Model"], "tokenizer": ["transformers", "Qwen2Tokenizer"],
-        "transformer": ["diffusers", "ZImageTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}))
+    write_diffusers_index(model)
     from .dit_loader import load_dit
 
     fp8 = load_dit(paths["dit"], "fp8_e4m3fn").state_dict()

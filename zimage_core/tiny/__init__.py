@@ -37,16 +37,9 @@ def tiny_paths(out: Path) -> dict[str, Path]:
     }
 
 
-def make_tiny(out: Path, seed: int = 0) -> dict[str, Path]:
-    """Write the tiny model set (idempotent: an existing complete set is kept)."""
-    paths = tiny_paths(out)
-    if all(p.exists() for p in paths.values()):
-        return paths
-    model = paths["diffusers"]
-    dit = write_tiny_dit(model, seed=seed)
-    te = write_tiny_text_encoder(model, seed=seed)
-    vae = write_tiny_vae(model, seed=seed)
-    (model / "scheduler").mkdir(exist_ok=True)
+def write_diffusers_index(model: Path) -> None:
+    """The diffusers model folder's `model_index.json` and Turbo `scheduler/` config (shift 3)."""
+    (model / "scheduler").mkdir(parents=True, exist_ok=True)
     (model / "scheduler" / "scheduler_config.json").write_text(json.dumps({
         "_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
         "use_dynamic_shifting": False}, indent=1))
@@ -57,6 +50,18 @@ def make_tiny(out: Path, seed: int = 0) -> dict[str, Path]:
         "tokenizer": ["transformers", "Qwen2Tokenizer"],
         "transformer": ["diffusers", "ZImageTransformer2DModel"],
         "vae": ["diffusers", "AutoencoderKL"]}, indent=1))
+
+
+def make_tiny(out: Path, seed: int = 0) -> dict[str, Path]:
+    """Write the tiny model set (idempotent: an existing complete set is kept)."""
+    paths = tiny_paths(out)
+    if all(p.exists() for p in paths.values()):
+        return paths
+    model = paths["diffusers"]
+    dit = write_tiny_dit(model, seed=seed)
+    te = write_tiny_text_encoder(model, seed=seed)
+    vae = write_tiny_vae(model, seed=seed)
+    write_diffusers_index(model)
     for key, written in (("dit", dit["native"]), ("text_encoder", te["single_file"]), ("vae", vae["bfl"])):
         paths[key].parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(written), paths[key])

@@ -14,20 +14,23 @@ from ..transformer import DiTConfig, ZImageDiT
 TINY_DIT = DiTConfig(dim=64, n_layers=2, n_refiner_layers=2, n_heads=4, ffn_dim=170, cap_feat_dim=64)
 
 
-def random_dit_state(cfg: DiTConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights with activations of a sensible size (norm weights near 1, fan-in scaled matrices)."""
+def random_dit_state(cfg: DiTConfig, seed: int = 0, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Random weights with activations of a sensible size (norm weights near 1, fan-in scaled matrices).
+    `device`/`dtype`: where they are drawn and how they are stored (the full-size GPU check draws 6B values
+    on the GPU in bf16; the defaults give the CPU tensors the tests have always used)."""
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in ZImageDiT(cfg).state_dict().items()}
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device).manual_seed(seed)
     state = {}
     for name, shape in shapes.items():
         if "norm" in name:
-            t = 1 + 0.1 * torch.randn(shape, generator=g)
+            t = 1 + 0.1 * torch.randn(shape, generator=g, device=device)
         elif len(shape) == 2 and "pad_token" not in name:
-            t = torch.randn(shape, generator=g) * (0.5 / shape[1] ** 0.5)
+            t = torch.randn(shape, generator=g, device=device) * (0.5 / shape[1] ** 0.5)
         else:
-            t = 0.1 * torch.randn(shape, generator=g)
-        state[name] = t.contiguous()
+            t = 0.1 * torch.randn(shape, generator=g, device=device)
+        state[name] = t.to(dtype).contiguous()
     return state
 
 

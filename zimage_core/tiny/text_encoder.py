@@ -125,18 +125,20 @@ def write_tiny_tokenizer_vocab_merges(out_dir: Path, vocab_size: int = 700) -> P
 
 
 def _tiny_qwen3_state_dict(vocab: int, hidden: int, layers: int, heads: int, kv_heads: int, head_dim: int,
-                           intermediate: int, seed: int) -> dict[str, torch.Tensor]:
+                           intermediate: int, seed: int, device: str | torch.device = "cpu",
+                           dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Random Qwen3 weights (no `model.` prefix, no lm_head), scaled so activations stay O(1) but the
-    features are far from degenerate (norm weights around 1, projections ~ 1/sqrt(fan_in))."""
-    g = torch.Generator().manual_seed(seed)
+    features are far from degenerate (norm weights around 1, projections ~ 1/sqrt(fan_in)).
+    Drawn on `device`, stored as `dtype`."""
+    g = torch.Generator(device).manual_seed(seed)
 
     def lin(out_f: int, in_f: int) -> torch.Tensor:
-        return torch.randn(out_f, in_f, generator=g) / in_f ** 0.5
+        return (torch.randn(out_f, in_f, generator=g, device=device) / in_f ** 0.5).to(dtype)
 
     def norm(n: int) -> torch.Tensor:
-        return 1.0 + 0.2 * torch.randn(n, generator=g)
+        return (1.0 + 0.2 * torch.randn(n, generator=g, device=device)).to(dtype)
 
-    sd = {"embed_tokens.weight": torch.randn(vocab, hidden, generator=g)}
+    sd = {"embed_tokens.weight": torch.randn(vocab, hidden, generator=g, device=device).to(dtype)}
     for i in range(layers):
         p = f"layers.{i}."
         sd[p + "input_layernorm.weight"] = norm(hidden)
@@ -155,9 +157,12 @@ def _tiny_qwen3_state_dict(vocab: int, hidden: int, layers: int, heads: int, kv_
 
 
 def write_tiny_text_encoder(out_dir: Path, seed: int = 0, hidden: int = 64, layers: int = 3, heads: int = 4,
-                            kv_heads: int = 2, head_dim: int = 16, intermediate: int = 128) -> dict[str, Path]:
-    """Write a random tiny Qwen3 as `qwen_3_4b_tiny.safetensors` (ComfyUI style), `text_encoder/` (sharded HF
-    folder) and `tokenizer/`. Returns {'single_file', 'text_encoder', 'tokenizer', 'root'}."""
+                            kv_heads: int = 2, head_dim: int = 16, intermediate: int = 128,
+                            device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                            single_file: bool = True) -> dict[str, Path]:
+    """Write a random tiny Qwen3 as `qwen_3_4b_tiny.safetensors` (ComfyUI style, unless `single_file=False`),
+    `text_encoder/` (sharded HF folder) and `tokenizer/`. Returns {'single_file', 'text_encoder', 'tokenizer',
+    'root'} ('single_file' is None when not written). Weights are drawn on `device` and stored as `dtype`."""
     from tokenizers import Tokenizer
 
     out_dir = Path(out_dir)
@@ -166,10 +171,12 @@ def write_tiny_text_encoder(out_dir: Path, seed: int = 0, hidden: int = 64, laye
     n_tokens = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
     vocab = -(-n_tokens // 64) * 64
     pad_id = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).token_to_id("<|endoftext|>")
-    sd = _tiny_qwen3_state_dict(vocab, hidden, layers, heads, kv_heads, head_dim, intermediate, seed)
+    sd = _tiny_qwen3_state_dict(vocab, hidden, layers, heads, kv_heads, head_dim, intermediate, seed, device, dtype)
 
-    single = out_dir / "qwen_3_4b_tiny.safetensors"
-    save_file({"model." + k: v for k, v in sd.items()}, str(single), metadata={"format": "pt"})
+    single = None
+    if single_file:
+        single = out_dir / "qwen_3_4b_tiny.safetensors"
+        save_file({"model." + k: v.cpu() for k, v in sd.items()}, str(single), metadata={"format": "pt"})
 
     te_dir = out_dir / "text_encoder"
     te_dir.mkdir(exist_ok=True)
@@ -195,7 +202,7 @@ def write_tiny_text_encoder(out_dir: Path, seed: int = 0, hidden: int = 64, laye
         "rope_theta": 1000000,
         "sliding_window": None,
         "tie_word_embeddings": True,
-        "torch_dtype": "float32",
+        "torch_dtype": str(dtype).removeprefix("torch."),
         "use_cache": True,
         "use_sliding_window": False,
         "vocab_size": vocab,
@@ -207,7 +214,7 @@ def write_tiny_text_encoder(out_dir: Path, seed: int = 0, hidden: int = 64, laye
     shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
     weight_map = {}
     for name, ks in shards.items():
-        save_file({k: sd[k] for k in ks}, str(te_dir / name), metadata={"format": "pt"})
+        save_file({k: sd[k].cpu() for k in ks}, str(te_dir / name), metadata={"format": "pt"})
         weight_map.update({k: name for k in ks})
     total = sum(v.numel() * v.element_size() for v in sd.values())
     (te_dir / "model.safetensors.index.json").write_text(
