@@ -27,7 +27,7 @@ def tiny_run(tmp_path_factory):
 def test_tiny_run_writes_one_row_per_planned_row_in_order(tiny_run):
     result, text = tiny_run
     names = [r["name"] for r in result["rows"]]
-    assert names == [r.name for r in gpu_check.plan(True, None)]
+    assert names == [r.name for r in gpu_check.plan(True)]
     assert names[:3] == ["ours bf16 high", "diffusers bf16", "parity fp32 ours vs diffusers"]
     for name in names:
         assert name in text

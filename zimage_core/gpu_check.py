@@ -1,6 +1,6 @@
 """One-command GPU check: full-size random weights, every memory preset, ours vs diffusers, parity.
 
-    python -m zimage_core.gpu_check --out $OUT [--workdir DIR] [--budget-s 480] [--comfyui PATH]
+    python -m zimage_core.gpu_check --out $OUT [--workdir DIR] [--budget-s 480]
     python -m zimage_core.gpu_check --tiny --out DIR      # the same code path on the CPU, in seconds
     python -m zimage_core.gpu_check --dry-run             # the plan: rows, sizes, disk and VRAM estimates
 
@@ -38,7 +38,7 @@ TOKENIZER_VOCAB = 704  # write_tiny_text_encoder's vocabulary rounded up to 64
 @dataclass
 class Row:
     name: str
-    kind: str  # ours | diffusers | parity | gguf | comfyui
+    kind: str  # ours | diffusers | parity | gguf
     preset: str = "high"
     dit: str = "dit_bf16"  # which weight file
     compile: bool = False
@@ -46,7 +46,7 @@ class Row:
     min_s: float = 15  # skipped when less budget than this is left
 
 
-def plan(have_diffusers: bool, comfyui: str | None) -> list[Row]:
+def plan(have_diffusers: bool) -> list[Row]:
     """The rows, most important first."""
     rows = [Row("ours bf16 high", "ours")]
     rows.append(Row("diffusers bf16", "diffusers", limit_s=90))
@@ -56,8 +56,6 @@ def plan(have_diffusers: bool, comfyui: str | None) -> list[Row]:
     rows.append(Row("ours bf16 auto", "ours", preset="auto", limit_s=45))
     rows.append(Row("ours bf16 high compile", "ours", compile=True, limit_s=150, min_s=60))
     rows += [Row(f"ours gguf {q}", "gguf", dit=q) for q in ("Q8_0", "Q4_K")]
-    if comfyui:
-        rows.append(Row("comfyui native bf16", "comfyui", limit_s=90))
     return rows
 
 
@@ -254,9 +252,6 @@ class Check:
             probe.unlink()
         return {"status": f"not run: the loader reads GGUF, but this check does not write {row.dit} weights yet"}
 
-    def _comfyui(self, row: Row) -> dict:
-        return {"status": "not run: the native ComfyUI row is not implemented in this check yet"}
-
     def _free(self):
         gc.collect()
         if self.device.type == "cuda":
@@ -328,14 +323,13 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny config on the CPU (the same code path, seconds)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and estimates; build nothing")
     ap.add_argument("--budget-s", type=float, help="total time budget (default 480 full, 120 tiny)")
-    ap.add_argument("--comfyui", help="ComfyUI folder for the native row")
     args = ap.parse_args(argv)
     cfg = TINY if args.tiny else FULL
     try:
         import diffusers
     except ImportError:
         diffusers = None
-    rows = plan(diffusers is not None, args.comfyui)
+    rows = plan(diffusers is not None)
     cuda = torch.cuda.is_available() and not args.tiny
     if args.dry_run:
         total = torch.cuda.get_device_properties(0).total_memory if cuda else 80 * GiB
