@@ -3,6 +3,8 @@ reference on a tiny DiT (batches, different lengths, adaLN, LoRA, CFG), the exac
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -210,3 +212,30 @@ def test_a_negative_from_another_text_encoder_is_refused(dit):
 def test_bad_parameters_are_refused(kw):
     with pytest.raises(InputError, match="NAG"):
         NAG([feats(3, 0)], **kw)
+
+
+# ---------------------------------------------------------------------------------------------- node
+
+def _cond(f):
+    return [[f[None], {"attention_mask": torch.ones(1, len(f), dtype=torch.long)}]]
+
+
+def test_node_returns_a_patched_copy_and_refuses_bad_input(pack, dit):
+    mod = pack.nodes.nag
+    core_patching = importlib.import_module(pack.__name__ + ".zimage_core.patching")
+    errors = importlib.import_module(pack.__name__ + ".zimage_core.errors")
+    node = pack.NODE_CLASS_MAPPINGS["ZImageNAG"]()
+    assert pack.NODE_CLASS_MAPPINGS["ZImageNAG"] is mod.ZImageNAG
+    base = core_patching.PatchedDiT(dit)
+    (out,) = node.apply(base, _cond(feats(5, 2)), 5.0, 2.5, 0.25)
+    assert base.patches == () and [type(p).__name__ for p in out.patches] == ["NAG"]
+    assert out.patches[0].negative[0].shape == (5, CFG.cap_feat_dim)
+    assert node.apply(base, _cond(feats(5, 2)), 0.0, 2.5, 0.25)[0] is base  # scale 0: untouched
+    with pytest.raises(errors.InputError, match="ZImageNAG: `dit` must be a Z-Image DiT"):
+        node.apply(object(), _cond(feats(5, 2)), 5.0, 2.5, 0.25)
+    with pytest.raises(errors.InputError, match="hidden size 768"):
+        node.apply(base, _cond(torch.zeros(6, 768)), 5.0, 2.5, 0.25)
+    with pytest.raises(errors.InputError, match="longer than the DiT's context"):
+        node.apply(base, _cond(torch.zeros(MAX_CAPTION_TOKENS + 1, CFG.cap_feat_dim)), 5.0, 2.5, 0.25)
+    spec = mod.ZImageNAG.INPUT_TYPES()
+    assert all("tooltip" in v[1] for part in spec.values() for v in part.values()) and mod.ZImageNAG.DESCRIPTION

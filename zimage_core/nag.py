@@ -26,7 +26,7 @@ that attend and are attended to, and are dropped at the output).
 The noise refiner, context refiner and final layer are unchanged. Extra cost per layer: one attention of
 (Np + Ln) queries over (Np + Ln) keys, and the qkv/out/FFN of the Ln negative caption tokens.
 
-Identity cases, exact: s = 0, or a step outside start..end -> `NAG.step_controls` returns {} (the same forward
+Identity cases, exact: s = 0 or α = 0, or a step outside start..end -> `NAG.step_controls` returns {} (the same forward
 as without NAG); a sample whose refined negative caption equals its positive one (negative = positive) is
 left out of the branch (Z⁻ = Z⁺ would make the rule the identity).
 With CFG (cfg != 1) the sampler applies NAG to the positive half of its batch only (`NAGGuidance.first`); the
@@ -119,7 +119,7 @@ class NAG:
 
     def active(self, step: int, n_steps: int) -> bool:
         p = step / max(n_steps, 1)
-        return self.scale != 0.0 and self.start <= p < self.end
+        return self.scale != 0.0 and self.alpha != 0.0 and self.start <= p < self.end
 
     def step_controls(self, step: int, sigma: float, n_steps: int) -> dict:
         if not self.active(step, n_steps):
