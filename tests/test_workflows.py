@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workflow_support as ws
 
 EXPECTED = ("turbo_t2i", "base_cfg", "prompt_enhancer_turbo", "lora_stack", "img2img", "inpaint", "adaln_variety",
-            "native_mixed", "low_vram_fast")
+            "native_mixed", "low_vram_fast", "nag_turbo")
 INDEX = json.loads(ws.INDEX_PATH.read_text(encoding="utf-8"))
 NAMES = [w["name"] for w in INDEX["workflows"]]
 SIZE, STEPS = 64, 3
@@ -409,6 +409,17 @@ def test_adaln_and_variety_controls_change_the_result(tiny_env):
     assert (latent_of(g, res) - latent_of(g2, res2)).abs().max() > 1e-3  # another variation
     g3, res3 = tiny_run(tiny_env, "adaln_variety", {sid: {"dit": [ws.find_node(g, "ZImageDiTLoader"), 0]}})
     assert (latent_of(g, res) - latent_of(g3, res3)).abs().max() > 1e-3
+
+
+def test_nag_turbo_runs_and_scale_zero_equals_the_graph_without_nag(tiny_env):
+    g, res = tiny_run(tiny_env, "nag_turbo")
+    saved(tiny_env, g, res)
+    sid, nid = ws.find_node(g, "ZImageSampler"), ws.find_node(g, "ZImageNAG")
+    assert [type(p).__name__ for p in res.inputs[sid]["dit"].patches] == ["NAG"] and g[sid]["inputs"]["cfg"] == 1.0
+    g0, res0 = tiny_run(tiny_env, "nag_turbo", {nid: {"scale": 0.0}})
+    g1, res1 = tiny_run(tiny_env, "nag_turbo", {sid: {"dit": [ws.find_node(g, "ZImageDiTLoader"), 0]}})
+    assert torch.equal(latent_of(g0, res0), latent_of(g1, res1))
+    assert (latent_of(g, res) - latent_of(g1, res1)).abs().max() > 1e-3
 
 
 def test_native_mixed_runs_with_the_stand_ins(tiny_env, pack):
