@@ -38,6 +38,8 @@ DIFFUSERS_PREFIX = "diffusers/"
 # Which ComfyUI model folders each of our loaders lists (diffusers model folders are added to all three:
 # load_dit / load_text_encoder / load_vae each find their component inside a whole diffusers folder).
 KINDS = ("diffusion_models", "text_encoders", "vae")
+# kinds whose entries may be model folders (config + safetensors) besides single files
+FOLDER_KINDS = ("text_encoders", "model_patches", "controlnet")
 
 
 # ------------------------------------------------------------------------------------------ model names
@@ -76,6 +78,31 @@ def model_names(kind: str) -> list[str]:
     return names
 
 
+def model_files(kinds: tuple[str, ...]) -> list[str]:
+    """Files and model folders (e.g. a diffusers ControlNet folder) in ComfyUI's folders of these kinds, in
+    order, without duplicates; empty outside ComfyUI."""
+    if not IN_COMFYUI:
+        return []
+    names = []
+    for kind in kinds:
+        try:
+            listed = folder_paths.get_filename_list(kind)
+        except Exception:  # kind not registered in this ComfyUI
+            continue
+        names += [n for n in [*listed, *_subfolders(kind)] if n not in names]
+    return names
+
+
+def resolve_any(kinds: tuple[str, ...], name: str) -> Path:
+    """`resolve` over several folder kinds: the first that lists `name`."""
+    for kind in kinds[:-1]:
+        try:
+            return resolve(kind, name)
+        except InputError:
+            continue
+    return resolve(kinds[-1], name)
+
+
 def resolve(kind: str, name: str) -> Path:
     """The path of a model name chosen in a loader.
 
@@ -94,7 +121,7 @@ def resolve(kind: str, name: str) -> Path:
                     return Path(root, folder)
     elif name in folder_paths.get_filename_list(kind):
         return Path(folder_paths.get_full_path_or_raise(kind, name))
-    elif kind == "text_encoders" and name in _subfolders(kind):
+    elif kind in FOLDER_KINDS and name in _subfolders(kind):
         for root in folder_paths.get_folder_paths(kind):
             if os.path.isdir(os.path.join(root, name)):
                 return Path(root, name)

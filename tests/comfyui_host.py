@@ -45,7 +45,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PACK_NAME = "zimage_nodes"
 MODEL_KINDS = (
     "diffusion_models", "text_encoders", "vae", "loras", "diffusers",
-    "checkpoints", "vae_approx", "clip_vision", "upscale_models",
+    "checkpoints", "vae_approx", "clip_vision", "upscale_models", "model_patches", "controlnet",
 )
 
 try:  # optional: used for live progress / execution messages

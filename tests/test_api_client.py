@@ -1,8 +1,9 @@
-"""Tests of the headless client `python -m zimage_core.api_client` (zimage_core/api_client.py, _websocket.py).
+"""Tests of the headless client `python -m zimage_core.api_client` (zimage_core/api_client.py).
 
 Part 1 runs against a small fake ComfyUI written here (stdlib http.server on 127.0.0.1:0 in a thread:
 POST /prompt, GET /history/<id>, GET /view, GET /queue, POST /interrupt and the websocket upgrade with
-frames written by hand), plus the websocket client against a socketpair. Fast, no ComfyUI needed.
+server frames written by hand, so the client's websocket library meets an independent peer). Fast, no
+ComfyUI needed.
 
 Part 2 (needs COMFYUI_PATH, skipped otherwise) runs small graphs of the pack's nodes on tiny models through
 a real ComfyUI started with tests/comfyui_host.py:
@@ -29,7 +30,6 @@ from pathlib import Path
 
 import pytest
 
-from zimage_core import _websocket as wsmod
 from zimage_core import api_client as ac
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -582,134 +582,44 @@ def test_module_starts_without_heavy_imports():
     assert out.returncode == 0 and out.stdout.strip() == "[]", out
 
 
-# ================================================================================ websocket client
-class Pair:
-    """A client WebSocket on one end of a socketpair; the test writes raw server frames on the other."""
-
-    def __init__(self):
-        self.server, c = socket.socketpair()
-        self.ws = wsmod.WebSocket(c)
-        self.rbuf = bytearray()
-
-    def send_async(self, data: bytes):
-        t = threading.Thread(target=self.server.sendall, args=(data,), daemon=True)
-        t.start()
-        return t
-
-    def client_frames(self, timeout=2.0):
-        self.server.settimeout(timeout)
-        frames = []
-        while True:
-            f = read_client_frame(self.rbuf)
-            if f is not None:
-                frames.append(f)
-                continue
-            if frames:
-                return frames
-            self.rbuf += self.server.recv(65536)
-
-    def close(self):
-        self.server.close()
-        self.ws.sock.close()
-
-
-@pytest.fixture
-def pair():
-    p = Pair()
-    yield p
-    p.close()
-
-
-def test_ws_frame_sizes(pair):
-    big_bin = os.urandom(200_000)                       # 64-bit length
-    big_text = json.dumps({"type": "x", "data": "é" * 40_000})   # > 64 KiB of UTF-8
-    mid = os.urandom(1000)                              # 16-bit length
-    t = pair.send_async(server_frame(2, big_bin) + server_frame(1, big_text.encode()) + server_frame(2, mid)
-                        + server_frame(1, b"hi") + server_frame(2, b""))
-    assert pair.ws.recv(timeout=5) == big_bin
-    assert pair.ws.recv(timeout=5) == big_text
-    assert pair.ws.recv(timeout=5) == mid
-    assert pair.ws.recv(timeout=5) == "hi"
-    assert pair.ws.recv(timeout=5) == b""
-    t.join()
-
-
-def test_ws_fragmented_messages_with_interleaved_ping(pair):
-    part = os.urandom(70_000)
-    data = (server_frame(1, "héllo ".encode(), fin=False) + server_frame(9, b"ping-1")
-            + server_frame(0, b"wor", fin=False) + server_frame(0, b"ld", fin=True)
-            + server_frame(2, part, fin=False) + server_frame(0, part, fin=False) + server_frame(10, b"pong?")
-            + server_frame(0, b"!", fin=True))
-    t = pair.send_async(data)
-    assert pair.ws.recv(timeout=5) == "héllo world"
-    assert pair.ws.recv(timeout=5) == part + part + b"!"
-    t.join()
-    (fin, op, masked, payload), = pair.client_frames()
-    assert (fin, op, masked, payload) == (True, 10, True, b"ping-1")   # pong echoes the ping, masked
-
-
-def test_ws_client_frames_are_masked(pair):
-    pair.ws.send_text("x" * 70_000)
-    pair.ws.send_binary(b"\x00\x01")
-    frames = pair.client_frames()
-    while len(frames) < 2:
-        frames += pair.client_frames()
-    assert frames[0] == (True, 1, True, b"x" * 70_000) and frames[1] == (True, 2, True, b"\x00\x01")
-
-
-def test_ws_timeout_is_restartable(pair):
-    frame = server_frame(1, b"a" * 300)
-    pair.server.sendall(frame[:100])
-    with pytest.raises((socket.timeout, TimeoutError)):
-        pair.ws.recv(timeout=0.1)
-    pair.server.sendall(frame[100:])
-    assert pair.ws.recv(timeout=2) == "a" * 300
-
-
-def test_ws_close_handshake(pair):
-    pair.server.sendall(server_frame(8, struct.pack("!H", 1001) + b"going away"))
-    with pytest.raises(wsmod.WebSocketClosed) as ei:
-        pair.ws.recv(timeout=2)
-    assert (ei.value.code, ei.value.reason) == (1001, "going away")
-    assert pair.client_frames()[0][:3] == (True, 8, True)
-    with pytest.raises(wsmod.WebSocketClosed):
-        pair.ws.recv(timeout=1)
-
-
-def test_ws_peer_disconnect_raises_closed(pair):
-    pair.server.shutdown(socket.SHUT_WR)
-    with pytest.raises(wsmod.WebSocketClosed):
-        pair.ws.recv(timeout=2)
-
-
-@pytest.mark.parametrize("raw, match", [
-    (server_frame(1, b"x", mask=b"abcd"), "masked"),
-    (server_frame(0, b"x"), "continuation"),
-    (server_frame(1, b"x", rsv=4), "reserved"),
-    (server_frame(1, b"\xff\xfe"), "UTF-8"),
-    (server_frame(9, b"p", fin=False), "control"),
-    (server_frame(1, b"a", fin=False) + server_frame(1, b"b"), "fragmented message"),
-    (server_frame(3, b""), "opcode"),
-])
-def test_ws_protocol_errors(pair, raw, match):
-    pair.server.sendall(raw)
-    with pytest.raises(wsmod.WebSocketError, match=match):
-        pair.ws.recv(timeout=2)
-
-
-def test_ws_handshake(fake):
-    assert wsmod.accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="   # RFC 6455 example
-    ws = wsmod.WebSocket.connect(f"ws://{fake.address}/ws?clientId=abc", timeout=5)
-    ws.close()
+# ======================================================================== websocket (websocket-client)
+def test_websocket_handshake_reaches_comfyui_as_this_client(fake, tmp_path):
+    client = ac.Client(fake.address, client_id="abc", timeout=20)
+    client.run(GRAPH, out_dir=tmp_path)
     cid, headers = fake.ws_clients[-1]
-    assert cid == "abc" and headers["Sec-WebSocket-Version"] == "13" and headers["Upgrade"] == "websocket"
+    assert cid == "abc" and headers["Sec-WebSocket-Version"] == "13" and headers["Upgrade"].lower() == "websocket"
+
+
+def test_bad_websocket_handshake_falls_back_to_polling(fake, tmp_path):
     fake.bad_accept = True
-    with pytest.raises(wsmod.HandshakeError, match="Sec-WebSocket-Accept"):
-        wsmod.WebSocket.connect(f"ws://{fake.address}/ws?clientId=abc", timeout=5)
-    fake.no_ws = True
-    with pytest.raises(wsmod.HandshakeError) as ei:
-        wsmod.WebSocket.connect(f"ws://{fake.address}/ws", timeout=5)
-    assert ei.value.status == 404
+    threading.Timer(0.5, fake._finish, ("prompt-1", {"outputs": OUTPUTS, "status": {"status_str": "success"}})).start()
+    warnings_seen = []
+    res = ac.Client(fake.address, timeout=20).run(
+        GRAPH, out_dir=tmp_path, on_event=lambda e: e["type"] == "client_warning" and warnings_seen.append(e))
+    assert len(res.images) == 2
+    assert warnings_seen and "websocket failed" in warnings_seen[0]["data"]["message"]
+
+
+def test_without_websocket_client_the_run_polls_and_says_why(fake, tmp_path, monkeypatch):
+    monkeypatch.setattr(ac, "websocket", None)
+    fake.no_ws = True  # the prompt finishes by itself; the client must not even try /ws
+    warnings_seen = []
+    res = ac.Client(fake.address, timeout=20).run(
+        GRAPH, out_dir=tmp_path, on_event=lambda e: e["type"] == "client_warning" and warnings_seen.append(e))
+    assert len(res.images) == 2
+    assert not any(path.startswith("/ws") for method, path in fake.requests)
+    assert "pip install websocket-client" in warnings_seen[0]["data"]["message"]
+
+
+def test_proxy_variables_are_ignored(fake, tmp_path, monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    warnings_seen = []
+    res = ac.Client(fake.address, timeout=20).run(
+        GRAPH, out_dir=tmp_path, on_event=lambda e: e["type"] == "client_warning" and warnings_seen.append(e))
+    assert len(res.images) == 2 and fake.ws_clients and not warnings_seen
 
 
 def test_server_address_forms():

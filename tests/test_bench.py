@@ -25,6 +25,9 @@ def test_benchmark_smoke_run_writes_every_measure_and_ratio(tmp_path):
     assert res["dtypes"]["bf16"]["rel_err_vs_fp32"] < 0.05
     assert res["decode"]["max_rel_diff"] < 1e-4
     assert "error" not in res["load"]["diffusers_single_file"]
+    for label in ("1.0", "2.1"):
+        assert res["controlnet"][f"ours_{label}_over_plain"] > 0 and res["controlnet"][f"ours_{label}_over_diffusers"] > 0
+    assert "ControlNet 2.1: forward" in r.stdout
 
 
 def test_make_tiny_cli_writes_the_comfyui_and_diffusers_layouts(tmp_path):
@@ -34,5 +37,6 @@ def test_make_tiny_cli_writes_the_comfyui_and_diffusers_layouts(tmp_path):
     for rel in ("diffusion_models/z_image_tiny.safetensors", "text_encoders/qwen_3_4b_tiny.safetensors",
                 "vae/ae_tiny.safetensors", "tokenizer/tokenizer.json", "Z-Image-Tiny/model_index.json",
                 "Z-Image-Tiny/transformer/config.json", "Z-Image-Tiny/vae/config.json",
-                "Z-Image-Tiny/text_encoder/config.json"):
+                "Z-Image-Tiny/text_encoder/config.json", "model_patches/controlnet_tiny_2.1.safetensors",
+                "model_patches/controlnet_tiny_1.0/config.json"):
         assert (tmp_path / rel).exists(), rel

@@ -88,6 +88,7 @@ def test_harness_runs_a_core_graph(comfyui):
 # EmptySD3LatentImage / LatentUpscale / SetLatentNoiseMask feeding ZImageSampler.
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 OUR_NODES = ("ZImageDiTLoader", "ZImageTextEncoderLoader", "ZImageVAELoader", "ZImageTextEncode",
@@ -180,6 +181,41 @@ def test_graph_matches_core_pipeline(comfyui, tiny_models):
     assert executed == {"6", "7", "8"}, executed
     got = _png(comfyui, comfyui.wait_for(r["prompt_id"]))
     assert np.abs(got - _reference(tiny_models, 43, 4)).max() <= 1
+
+
+def test_controlnet_nodes_in_comfyui_equal_the_core_pipeline(comfyui, tiny_models):
+    """LoadImage -> ZImageControlNetLoader (models/model_patches) -> two chained ZImageControlNetApply (2.1 with a
+    range, 1.0 from a diffusers folder) -> sampler; the picture equals zimage_core's pipeline (<= 1/255)."""
+    from zimage_core.controlnet import ControlImage, load_controlnet
+
+    cn = tiny_models["controlnets"]
+    comfyui.put_model("model_patches", "cn_tiny_2.1.safetensors", cn / "controlnet_tiny_2.1.safetensors")
+    comfyui.put_model("controlnet", "cn_tiny_1.0", cn / "controlnet_tiny_1.0")
+    rgb = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(os.path.join(comfyui.input_dir, "control.png"))
+    g = _graph(seed=42, steps=4, prefix="zimage_controlnet")
+    g.update({
+        "20": {"class_type": "LoadImage", "inputs": {"image": "control.png"}},
+        "21": {"class_type": "ZImageControlNetLoader",
+               "inputs": {"controlnet_name": "cn_tiny_2.1.safetensors", "weight_dtype": "auto"}},
+        "22": {"class_type": "ZImageControlNetApply",
+               "inputs": {"dit": ["1", 0], "controlnet": ["21", 0], "vae": ["3", 0], "image": ["20", 0],
+                          "strength": 0.8, "start_percent": 0.0, "end_percent": 0.3}},
+        "23": {"class_type": "ZImageControlNetLoader", "inputs": {"controlnet_name": "cn_tiny_1.0",
+                                                                  "weight_dtype": "auto"}},
+        "24": {"class_type": "ZImageControlNetApply",
+               "inputs": {"dit": ["22", 0], "controlnet": ["23", 0], "vae": ["3", 0], "image": ["20", 0],
+                          "strength": 0.5, "start_percent": 0.0, "end_percent": 1.0}},
+    })
+    g["6"]["inputs"]["dit"] = ["24", 0]
+    entry = comfyui.run(g, timeout=300)
+    image = torch.from_numpy(rgb.astype(np.float32) / 255)[None]
+    ref = _reference(tiny_models, 42, 4, controls=[
+        ControlImage(load_controlnet(cn / "controlnet_tiny_2.1.safetensors"), image, 0.8, 0.0, 0.3),
+        ControlImage(load_controlnet(cn / "controlnet_tiny_1.0"), image, 0.5)])
+    got = _png(comfyui, entry)
+    assert np.abs(got - ref).max() <= 1
+    assert np.abs(got - _reference(tiny_models, 42, 4)).max() > 10
 
 
 def test_diffusers_folder_text_encoder(comfyui, tiny_models):

@@ -23,6 +23,10 @@ NODE_IDS = {
                                            "negative", "sigmas", "cfg_truncation", "cfg_normalization"), ("LATENT",)),
     "ZImageVAEDecode": ("Z-Image/vae", ("vae", "latent", "tiled"), ("IMAGE",)),
     "ZImageVAEEncode": ("Z-Image/vae", ("vae", "image", "tiled"), ("LATENT",)),
+    "ZImageControlNetLoader": ("Z-Image/controlnet", ("controlnet_name", "weight_dtype"), ("ZIMAGE_CONTROLNET",)),
+    "ZImageControlNetApply": ("Z-Image/controlnet", ("dit", "controlnet", "vae", "image", "strength", "start_percent",
+                                                     "end_percent", "mask", "inpaint_image", "inpaint_mask"),
+                              ("ZIMAGE_DIT",)),
 }
 PROMPT = "a red fox in the snow"
 
@@ -380,3 +384,47 @@ def test_img2img_roundtrip_runs(M, models, cond):
     out = sample(M, dit, cond, lat, steps=4, denoise=0.5)
     assert out["samples"].shape == lat["samples"].shape
     assert torch.isfinite(to_model_space(out["samples"])).all()
+
+
+# ------------------------------------------------------------------------------------------- ControlNet
+
+def _control_image(seed=0, h=48, w=64):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, h // 16, w // 16, generator=g)
+    return torch.nn.functional.interpolate(base, size=(h, w), mode="bilinear").permute(0, 2, 3, 1)
+
+
+def test_controlnet_nodes_give_the_pipeline_image_and_stack(M, models, cond, pipe, tiny):
+    from zimage_core.controlnet import ControlImage, load_controlnet
+
+    dit, _, vae = models
+    files = tiny["controlnets"]
+    (cn21,) = M["ZImageControlNetLoader"]().load(str(files / "controlnet_tiny_2.1.safetensors"))
+    (cn10,) = M["ZImageControlNetLoader"]().load(str(files / "controlnet_tiny_1.0"), "auto")  # a diffusers folder
+    a, b = _control_image(1), _control_image(2, 96, 128)  # b is resized to the generated size
+    (d1,) = M["ZImageControlNetApply"]().apply(dit, cn21, vae, a, 0.8, 0.0, 1.0)
+    assert d1 is not dit and dit.patches == ()
+    img = M["ZImageVAEDecode"]().decode(vae, sample(M, d1, cond, empty(M), seed=42, steps=4))[0]
+    ref = pipe.generate(PROMPT, width=64, height=48, steps=4, seed=42, controls=[
+        ControlImage(load_controlnet(files / "controlnet_tiny_2.1.safetensors"), a, 0.8)])
+    assert (img * 255).round().sub((ref * 255).round()).abs().max() <= 1
+    (d2,) = M["ZImageControlNetApply"]().apply(d1, cn10, vae, b, 0.5, 0.0, 0.4)
+    img2 = M["ZImageVAEDecode"]().decode(vae, sample(M, d2, cond, empty(M), seed=42, steps=4))[0]
+    ref2 = pipe.generate(PROMPT, width=64, height=48, steps=4, seed=42, controls=[
+        ControlImage(load_controlnet(files / "controlnet_tiny_2.1.safetensors"), a, 0.8),
+        ControlImage(load_controlnet(files / "controlnet_tiny_1.0"), b, 0.5, 0.0, 0.4)])
+    assert (img2 * 255).round().sub((ref2 * 255).round()).abs().max() <= 1
+    assert (img2 - img).abs().max() > 0.02
+
+
+def test_controlnet_nodes_refuse_bad_inputs(M, models, tiny, errors):
+    dit, _, vae = models
+    files = tiny["controlnets"]
+    with pytest.raises(errors.CheckpointError, match="expected a Z-Image ControlNet"):
+        M["ZImageControlNetLoader"]().load(str(tiny["vae"]))
+    (cn10,) = M["ZImageControlNetLoader"]().load(str(files / "controlnet_tiny_1.0.safetensors"))
+    with pytest.raises(errors.InputError, match="start_percent 0.9 is after end_percent 0.1"):
+        M["ZImageControlNetApply"]().apply(dit, cn10, vae, _control_image(), 1.0, 0.9, 0.1)
+    with pytest.raises(errors.InputError, match="no inpaint input"):
+        M["ZImageControlNetApply"]().apply(dit, cn10, vae, _control_image(), 1.0, 0.0, 1.0,
+                                           inpaint_image=_control_image(), inpaint_mask=torch.ones(1, 48, 64))

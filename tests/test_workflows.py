@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workflow_support as ws
 
 EXPECTED = ("turbo_t2i", "base_cfg", "prompt_enhancer_turbo", "lora_stack", "img2img", "inpaint", "adaln_variety",
-            "native_mixed", "low_vram_fast", "nag_turbo")
+            "native_mixed", "low_vram_fast", "controlnet_canny", "nag_turbo")
 INDEX = json.loads(ws.INDEX_PATH.read_text(encoding="utf-8"))
 NAMES = [w["name"] for w in INDEX["workflows"]]
 SIZE, STEPS = 64, 3
@@ -277,7 +277,7 @@ def tiny_env(pack, tiny, tmp_path_factory):
     loras = {n: str(ws.write_tiny_lora(d / "loras" / n, seed=i)) for i, n in enumerate(LORA_NAMES)}
     ws.write_example_image(d / "input" / "example.png", SIZE)
     models = ws.TinyModels(dit=str(tiny["dit"]), text_encoder=str(tiny["diffusers"]), vae=str(tiny["vae"]),
-                           loras=loras)
+                           loras=loras, controlnet=str(tiny["controlnets"] / "controlnet_tiny_2.0.safetensors"))
     ex = ws.Executor({**pack.NODE_CLASS_MAPPINGS, **ws.make_stand_ins(d / "input", d / "output")},
                      cache_types=("ZImageDiTLoader", "ZImageTextEncoderLoader", "ZImageVAELoader", "VAELoader"))
     return models, ex, d / "output"
@@ -411,6 +411,18 @@ def test_adaln_and_variety_controls_change_the_result(tiny_env):
     assert (latent_of(g, res) - latent_of(g3, res3)).abs().max() > 1e-3
 
 
+def test_controlnet_canny_runs_and_the_control_changes_the_picture(tiny_env):
+    canny = ws.find_node(load_api("controlnet_canny"), "Canny")
+    low = {canny: {"low_threshold": 0.02, "high_threshold": 0.05}}  # the smooth test picture has soft edges
+    g, res = tiny_run(tiny_env, "controlnet_canny", low)
+    img = saved(tiny_env, g, res)
+    edges = res.outputs[canny][0]
+    assert edges.shape == (1, SIZE, SIZE, 3) and 0 < edges.mean() < 1  # real edges, not a blank picture
+    cid = ws.find_node(g, "ZImageControlNetApply")
+    g0, res0 = tiny_run(tiny_env, "controlnet_canny", {**low, cid: {"strength": 0.0}})
+    assert (saved(tiny_env, g0, res0) - img).abs().max() > 0.02
+
+
 def test_nag_turbo_runs_and_scale_zero_equals_the_graph_without_nag(tiny_env):
     g, res = tiny_run(tiny_env, "nag_turbo")
     saved(tiny_env, g, res)
@@ -467,6 +479,8 @@ def server(comfyui_host, tiny, tmp_path_factory):
         host.put_model("vae", FULL_VAE, full_vae)
         for i, n in enumerate(LORA_NAMES):
             host.put_model("loras", n, ws.write_tiny_lora(d / n, seed=i))
+        host.put_model("model_patches", "Z-Image-Turbo-Fun-Controlnet-Union-2.0.safetensors",
+                       paths["controlnets"] / "controlnet_tiny_2.0.safetensors")
         ws.write_example_image(Path(host.input_dir) / "example.png", SIZE)
         yield host
     finally:

@@ -56,6 +56,11 @@ CORE_NODES = {
         "samples": ("LATENT", {}),
         "mask": ("MASK", {}),
     }, outputs=(("LATENT", "LATENT"),), category="latent/inpaint"),
+    "Canny": _core("Canny", {
+        "image": ("IMAGE", {}),
+        "low_threshold": ("FLOAT", {"default": 0.4, "min": 0.01, "max": 0.99, "step": 0.01}),
+        "high_threshold": ("FLOAT", {"default": 0.8, "min": 0.01, "max": 0.99, "step": 0.01}),
+    }, outputs=(("IMAGE", "IMAGE"),), category="image/preprocessors"),
     "EmptySD3LatentImage": _core("EmptySD3LatentImage", {
         "width": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 16}),
         "height": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 16}),
@@ -469,6 +474,7 @@ class TinyModels:
     vae: str
     loras: dict[str, str] = field(default_factory=dict)  # workflow LoRA name -> name to use
     image: str | None = None  # replaces LoadImage's image
+    controlnet: str | None = None  # replaces ZImageControlNetLoader's file
 
 
 def run_overrides(graph: dict, models: TinyModels | None, size: int = 64, steps: int = 3,
@@ -495,6 +501,8 @@ def run_overrides(graph: dict, models: TinyModels | None, size: int = 64, steps:
                         c[k] = models.loras[v]
             elif t == "LoadImage" and models.image:
                 c["image"] = models.image
+            elif t == "ZImageControlNetLoader" and models.controlnet:
+                c["controlnet_name"] = models.controlnet
         if t == "ZImageEmptyLatent":
             c.update(resolution="custom", width=size, height=size)
         elif t == "EmptySD3LatentImage":
@@ -580,8 +588,9 @@ def make_stand_ins(input_dir: Path, output_dir: Path) -> dict:
     """TEST STAND-INS for the ComfyUI core nodes the workflows use (ComfyUI itself is not imported). Each
     follows the semantics of ComfyUI v0.18.1's node on CPU float32 tensors: LoadImage (RGB 0..1, MASK =
     1 - alpha, or a 64x64 zero mask without alpha), SaveImage (PNG files, the `ui.images` list),
-    SetLatentNoiseMask, EmptySD3LatentImage, ConditioningZeroOut, VAELoader / VAEDecode (here the Flux VAE
-    of zimage_core, loaded from a file path, decoding to [B, H, W, 3] in 0..1 as comfy.sd.VAE does)."""
+    SetLatentNoiseMask, Canny (kornia, as ComfyUI calls it), EmptySD3LatentImage, ConditioningZeroOut,
+    VAELoader / VAEDecode (here the Flux VAE of zimage_core, loaded from a file path, decoding to
+    [B, H, W, 3] in 0..1 as comfy.sd.VAE does)."""
     import numpy as np
     import torch
     from PIL import Image, ImageOps
@@ -629,6 +638,16 @@ def make_stand_ins(input_dir: Path, output_dir: Path) -> dict:
             s["noise_mask"] = mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1]))
             return (s,)
 
+    class Canny:  # kornia's canny, as comfy_extras/nodes_canny.py calls it
+        RETURN_TYPES = ("IMAGE",)
+        FUNCTION = "execute"
+
+        def execute(self, image, low_threshold, high_threshold):
+            from kornia.filters import canny
+
+            edges = canny(image.float().movedim(-1, 1), low_threshold, high_threshold)[1]
+            return (edges.repeat(1, 3, 1, 1).movedim(1, -1),)
+
     class EmptySD3LatentImage:
         RETURN_TYPES = ("LATENT",)
         FUNCTION = "execute"
@@ -672,7 +691,7 @@ def make_stand_ins(input_dir: Path, output_dir: Path) -> dict:
         def decode(self, vae, samples):
             return (vae.decode(samples["samples"]),)
 
-    return {c.__name__: c for c in (LoadImage, SaveImage, SetLatentNoiseMask, EmptySD3LatentImage,
+    return {c.__name__: c for c in (LoadImage, SaveImage, SetLatentNoiseMask, Canny, EmptySD3LatentImage,
                                     ConditioningZeroOut, VAELoader, VAEDecode)}
 
 

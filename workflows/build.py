@@ -30,10 +30,15 @@ MODELS = {  # Comfy-Org repackaged files, as users have them in ComfyUI/models/<
     "z_image_bf16.safetensors": ("diffusion_models", f"{HF_BASE}/diffusion_models/z_image_bf16.safetensors"),
     "qwen_3_4b.safetensors": ("text_encoders", f"{HF_TURBO}/text_encoders/qwen_3_4b.safetensors"),
     "ae.safetensors": ("vae", f"{HF_TURBO}/vae/ae.safetensors"),
+    "Z-Image-Turbo-Fun-Controlnet-Union-2.0.safetensors": (
+        "model_patches", "https://huggingface.co/alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union-2.0/resolve/main/"
+                         "Z-Image-Turbo-Fun-Controlnet-Union-2.0.safetensors"),
 }
+CONTROLNET = "Z-Image-Turbo-Fun-Controlnet-Union-2.0.safetensors"
 TURBO, BASE, TE, VAE = "z_image_turbo_bf16.safetensors", "z_image_bf16.safetensors", "qwen_3_4b.safetensors", "ae.safetensors"
 MODEL_INPUTS = {"dit_name": "diffusion_models", "text_encoder_name": "text_encoders", "vae_name": "vae",
-                "lora_name": "loras", "lora_1": "loras", "lora_2": "loras", "lora_3": "loras", "lora_4": "loras"}
+                "lora_name": "loras", "lora_1": "loras", "lora_2": "loras", "lora_3": "loras", "lora_4": "loras",
+                "controlnet_name": "model_patches"}
 
 GAP_X, GAP_Y, TITLE_H = 60, 50, 30
 GROUP_PAD, GROUP_TITLE = 15, 45
@@ -558,6 +563,45 @@ def low_vram_fast() -> Graph:
     return g
 
 
+def controlnet_canny() -> Graph:
+    g = Graph("controlnet_canny", "ControlNet (canny) with Z-Image-Turbo",
+              "The edges of an uploaded picture (native Canny node) steer Z-Image-Turbo through the ControlNet Union "
+              "(alibaba-pai Fun-Controlnet-Union): the layout is kept, the prompt sets everything else.",
+              tags=["controlnet", "turbo"])
+    g.note(0, "About this workflow", f"""
+## ControlNet Union: canny edges
+
+**Load Image** -> native **Canny** -> **Z-Image ControlNet Apply** -> sampler. Any preprocessor works the
+same way (depth, pose, scribble, a gray or blurred picture for tile); chain a second Apply node to stack
+two controls, each with its own strength and range.
+
+- *strength* 0.65-0.9 for Turbo; *end_percent* below 1 frees the last steps for detail.
+- The control image is resized to the generated size.
+- The hints act on the whole image+caption sequence as in the reference (diffusers / VideoX-Fun); ComfyUI's
+  native ZImageFunControlnet adds them to image tokens only, so its pictures differ.
+{MODELS_MD.format(dit=TURBO)}- `model_patches/{CONTROLNET}` (1.0, 2.1, lite and tile files load the same way)
+""", size=(420, 560))
+    dit, te = loaders(g)
+    vae = vae_loader(g)
+    cn = g.add("ZImageControlNetLoader", 1, "Load ControlNet", {"controlnet_name": CONTROLNET, "weight_dtype": "auto"},
+               size=(340, 90))
+    g.group("Models", 1)
+    img = g.add("LoadImage", 2, "Control Picture", {"image": "example.png"}, size=(440, 420))
+    edges = g.add("Canny", 2, "Canny", {"low_threshold": 0.4, "high_threshold": 0.8}, {"image": img[0]},
+                  size=(440, 90))
+    g.group("Control image", 2, color="#88a")
+    pos = prompt(g, te, "A cozy reading nook by a tall window, a green velvet armchair, stacks of old books and a "
+                        "brass lamp, late afternoon light, photograph.", col=3)
+    lat = g.add("ZImageEmptyLatent", 3, "Image Size",
+                {"resolution": "custom", "width": 1024, "height": 1024, "batch_size": 1}, size=(440, 160))
+    ctl = g.add("ZImageControlNetApply", 3, "ControlNet Apply",
+                {"strength": 0.75, "start_percent": 0.0, "end_percent": 1.0},
+                {"dit": dit[0], "controlnet": cn[0], "vae": vae[0], "image": edges[0]}, size=(440, 190))
+    samp = sampler(g, ctl[0], pos, lat, 4, seed=3)
+    decode_save(g, vae, samp, 4, "z-image-controlnet")
+    return g
+
+
 def nag_turbo() -> Graph:
     g = Graph("nag_turbo", "Z-Image-Turbo with a negative prompt (NAG)",
               "Turbo at cfg 1 with a working negative prompt: the Z-Image NAG node (Normalized Attention Guidance) "
@@ -596,7 +640,7 @@ negative prompt (here: text and watermarks, blur, oversaturated colours).
 
 
 GRAPHS = (turbo_t2i, base_cfg, prompt_enhancer_turbo, lora_stack, img2img, inpaint, adaln_variety, native_mixed,
-          low_vram_fast, nag_turbo)
+          low_vram_fast, controlnet_canny, nag_turbo)
 
 
 # ------------------------------------------------------------------------------------------------ files

@@ -3,8 +3,10 @@
     python -m zimage_core.api_client run workflows/api/turbo_t2i.json --server 127.0.0.1:8188 \\
         --set 6.text="a red fox in the snow" --set ZImageSampler.seed=42 --out renders/
 
-Standard library only (``http.client`` plus the small RFC 6455 client in ``_websocket``), so it runs from
-any Python 3.10+ without torch or ComfyUI, and talks only to the server it is given (no proxies).
+HTTP with the standard library (``http.client``); live progress over ComfyUI's websocket with the
+``websocket-client`` package (``pip install "zimage-nodes[client]"``; every ComfyUI environment can have it).
+Without it the client still works and polls ``/history``. It runs from any Python 3.10+ without torch or
+ComfyUI, and talks only to the server it is given (never a proxy).
 
 Python use::
 
@@ -34,7 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ._websocket import HandshakeError, WebSocket, WebSocketClosed, WebSocketError
+try:  # optional: live progress, previews and errors as they happen
+    import websocket  # websocket-client
+except ImportError:  # pragma: no cover - exercised by a subprocess test
+    websocket = None
 
 DEFAULT_SERVER = "127.0.0.1:8188"
 DEFAULT_PORT = 8188
@@ -583,18 +588,31 @@ class Client:
                 }.get(what, f"; prompt {prompt_id} is no longer queued on the server.")
 
     def _open_ws(self, emit):
-        try:
-            ws = WebSocket.connect(self.ws_url, timeout=self._remaining(self.connect_timeout),
-                                   ssl_context=self.ssl_context)
-        except HandshakeError as e:
+        if websocket is None:
             emit({"type": "client_warning", "data": {
-                "message": f"no websocket at {self.ws_url} ({e}); progress is not shown, polling /history."}})
+                "message": "live progress needs the websocket-client package (pip install websocket-client); "
+                           "polling /history."}})
             return None
-        except WebSocketError as e:
-            emit({"type": "client_warning", "data": {"message": f"websocket failed ({e}); polling /history."}})
-            return None
+        timeout = self._remaining(self.connect_timeout)
+        try:
+            # our own connection to the server given (websocket-client would take a proxy from the environment)
+            sock = socket.create_connection((self.host, self.port), timeout=timeout)
+            if self.scheme == "https":
+                sock = (self.ssl_context or ssl.create_default_context()).wrap_socket(sock, server_hostname=self.host)
         except (OSError, ssl.SSLError) as e:
             raise self._unreachable(e) from None
+        try:
+            ws = websocket.create_connection(self.ws_url, timeout=timeout, socket=sock)
+        except websocket.WebSocketBadStatusException as e:
+            sock.close()
+            emit({"type": "client_warning", "data": {
+                "message": f"no websocket at {self.ws_url} (HTTP {e.status_code}); progress is not shown, "
+                           "polling /history."}})
+            return None
+        except (websocket.WebSocketException, OSError) as e:
+            sock.close()
+            emit({"type": "client_warning", "data": {"message": f"websocket failed ({e}); polling /history."}})
+            return None
         return ws
 
     def _wait(self, ws, prompt_id, graph, emit) -> dict:
@@ -602,7 +620,7 @@ class Client:
         if ws is not None:
             try:
                 finished = self._follow(ws, prompt_id, emit)
-            except (WebSocketClosed, WebSocketError, OSError) as e:
+            except (websocket.WebSocketException, OSError) as e:
                 emit({"type": "client_warning", "data": {
                     "message": f"websocket lost ({e}); polling /history for the result."}})
                 finished = None
@@ -619,15 +637,16 @@ class Client:
             if rem <= 0:
                 raise ClientTimeout(f"ComfyUI at {self.address} did not finish prompt {prompt_id} within "
                                     f"{self.timeout:g} s (--timeout)")
+            ws.settimeout(min(rem, SILENCE_CHECK))
             try:
-                raw = ws.recv(timeout=min(rem, SILENCE_CHECK))
-            except (socket.timeout, TimeoutError):
+                raw = ws.recv()
+            except (websocket.WebSocketTimeoutException, socket.timeout, TimeoutError):
                 entry = self.history(prompt_id)  # quiet for a while: did we miss the end?
                 if entry:
                     return entry
                 continue
-            if not isinstance(raw, str):
-                continue  # binary preview frame
+            if not isinstance(raw, str) or not raw:
+                continue  # binary preview frame, or the server's close (the next recv raises)
             try:
                 msg = json.loads(raw)
             except ValueError:

@@ -10,7 +10,10 @@ Measures, with warm-up and the median of repeats:
   decode     one VAE decode of a 512x512 latent (ours vs diffusers AutoencoderKL) and the output difference;
   generate   a full 8-step 512x512 generation (text encoder, DiT, VAE decode) in one process;
   process    the whole `generate` process: import + load + generate + PNG, as a user runs it;
-  dtypes     bf16- and fp8-stored DiT (computed in fp32 on CPU): forward time and error against fp32.
+  dtypes     bf16- and fp8-stored DiT (computed in fp32 on CPU): forward time and error against fp32;
+  controlnet one DiT forward with one ControlNet Union (1.0 and 2.1 layouts, control layers as dense as in the
+             released files) against the plain forward, ours and diffusers' ZImageControlNetModel +
+             transformer (`--only controlnet` runs just this section).
 Prints a table and writes JSON with ours/diffusers ratios. Timings depend on the machine; only the ratios
 taken in the same run are comparable. Without diffusers installed only our side is measured.
 """
@@ -192,7 +195,54 @@ def measure_process(paths: dict, size: int, threads: int, have_diffusers: bool, 
     return {name: statistics.median(v) if v else None for name, v in times.items()}
 
 
-def run(name: str, repeats: int, threads: int, workdir: Path | None) -> dict:
+def measure_controlnet(paths: dict, cfg: DiTConfig, x, t, cap, repeats: int, diffusers, tmp: Path) -> dict:
+    """Seconds per forward with one control (1.0: a control layer every 5th DiT layer, plain refiner; 2.1: every
+    2nd layer, control refiner) and their ratio to the plain forward; diffusers' pair when installed."""
+    from safetensors.torch import save_file
+
+    from .controlnet import Control, ControlNetConfig, ControlStep, load_controlnet
+    from .dit_loader import load_dit
+    from .tiny.controlnet import diffusers_config, random_controlnet_state
+
+    dit = load_dit(paths["dit"], "fp32")
+    ref = diffusers.ZImageTransformer2DModel.from_pretrained(str(paths["root"] / "transformer")).eval() \
+        if diffusers else None
+    ctl = torch.randn(1, 33, *x.shape[-2:], generator=torch.Generator().manual_seed(1))
+    contenders = {"plain": lambda: dit(x, t, [cap])}
+    if ref is not None:
+        contenders["diffusers_plain"] = lambda: ref([x[0, :, None]], t, [cap], return_dict=False)
+    for label, kind, every in (("1.0", "plain", 5), ("2.1", "refiner", 2)):
+        ccfg = ControlNetConfig(dim=cfg.dim, n_heads=cfg.n_heads, ffn_dim=cfg.ffn_dim, control_in_dim=33 if
+                                kind == "refiner" else 16, n_control_layers=max(1, cfg.n_layers // every),
+                                variant=kind, n_refiner_layers=cfg.n_refiner_layers)
+        state = random_controlnet_state(ccfg)
+        save_file(state, str(tmp / f"controlnet_{label}.safetensors"))
+        net = load_controlnet(tmp / f"controlnet_{label}.safetensors", "fp32")
+        step = ControlStep([Control(net, ctl[:, :ccfg.control_in_dim])])
+        contenders[label] = lambda step=step: dit(x, t, [cap], control=step)
+        if ref is not None:
+            dcfg = {k: v for k, v in diffusers_config(ccfg, cfg.n_layers).items() if not k.startswith("_")}
+            dnet = diffusers.ZImageControlNetModel(**dcfg).eval()
+            dnet.load_state_dict(state, strict=False)
+            dnet = diffusers.ZImageControlNetModel.from_transformer(dnet, ref)
+            c = ctl[:, :ccfg.control_in_dim, None]
+
+            def pair(dnet=dnet, c=c):
+                hints = dnet([x[0, :, None]], t, [cap], list(c))
+                return ref([x[0, :, None]], t, [cap], controlnet_block_samples=hints, return_dict=False)
+            contenders["diffusers_" + label] = pair
+    with torch.no_grad():
+        secs = _interleaved_medians(contenders, repeats)
+    out = {"seconds": secs}
+    for label in ("1.0", "2.1"):
+        out[f"ours_{label}_over_plain"] = secs[label] / secs["plain"]
+        if ref is not None:
+            out[f"diffusers_{label}_over_plain"] = secs["diffusers_" + label] / secs["diffusers_plain"]
+            out[f"ours_{label}_over_diffusers"] = secs[label] / secs["diffusers_" + label]
+    return out
+
+
+def run(name: str, repeats: int, threads: int, workdir: Path | None, only: str | None = None) -> dict:
     torch.set_num_threads(threads)
     try:
         import diffusers
@@ -206,6 +256,14 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None) -> dict:
     result = {"config": name, "dit": cfg["dit"].__dict__, "size": size, "threads": threads, "repeats": repeats,
               "torch": torch.__version__, "diffusers": getattr(diffusers, "__version__", None)}
     weight_bytes = paths["dit"].stat().st_size
+    g = torch.Generator().manual_seed(0)
+    lat = size // 8
+    x = torch.randn(1, 16, lat, lat, generator=g)
+    cap = torch.randn(77, cfg["dit"].cap_feat_dim, generator=g)
+    t = torch.tensor([0.5])
+    if only == "controlnet":
+        result["controlnet"] = measure_controlnet(paths, cfg["dit"], x, t, cap, repeats, diffusers, tmp)
+        return result
 
     # 1. load: fresh processes in turns, median of `repeats` (the first read of a file after other work may
     # come from disk; the turns give every contender the same page-cache conditions)
@@ -228,11 +286,6 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None) -> dict:
     from .pipeline import ZImagePipeline
 
     ours = load_dit(paths["dit"], "fp32")
-    g = torch.Generator().manual_seed(0)
-    lat = size // 8
-    x = torch.randn(1, 16, lat, lat, generator=g)
-    cap = torch.randn(77, cfg["dit"].cap_feat_dim, generator=g)
-    t = torch.tensor([0.5])
     with torch.no_grad():
         contenders = {"ours": lambda: ours(x, t, [cap])}
         ref = None
@@ -257,6 +310,7 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None) -> dict:
         del m
     result["dtypes"] = dtypes
     ours = ref = None  # free the models before the next section
+    result["controlnet"] = measure_controlnet(paths, cfg["dit"], x, t, cap, repeats, diffusers, tmp)
 
     # 4. VAE decode
     from .vae import load_vae
@@ -302,6 +356,16 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None) -> dict:
     return result
 
 
+def print_controlnet(c: dict) -> None:
+    s = c["seconds"]
+    for label in ("1.0", "2.1"):
+        line = f"ControlNet {label}: forward {s[label]:.3f}s = {c[f'ours_{label}_over_plain']:.2f}x the plain {s['plain']:.3f}s"
+        if f"ours_{label}_over_diffusers" in c:
+            line += (f"; diffusers {s['diffusers_' + label]:.3f}s = {c[f'diffusers_{label}_over_plain']:.2f}x its plain; "
+                     f"ours / diffusers {c[f'ours_{label}_over_diffusers']:.2f}")
+        print(line)
+
+
 def print_table(r: dict) -> None:
     def f(v, unit="s"):
         return "-" if v is None else f"{v:.3f}{unit}"
@@ -333,6 +397,7 @@ def print_table(r: dict) -> None:
     for k, v in r["dtypes"].items():
         print(f"{k} storage: forward {v['forward_s']:.3f}s, rel. error vs fp32 {v['rel_err_vs_fp32']:.2e}, "
               f"file {v['file_bytes'] / 2**20:.0f} MiB")
+    print_controlnet(r["controlnet"])
 
 
 def main(argv=None) -> int:
@@ -342,9 +407,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--workdir", help="keep the generated weights here (reused across runs)")
     p.add_argument("--out", default="bench.json")
+    p.add_argument("--only", choices=["controlnet"], help="run one section only")
     args = p.parse_args(argv)
-    r = run(args.config, args.repeats, args.threads, Path(args.workdir) if args.workdir else None)
-    print_table(r)
+    r = run(args.config, args.repeats, args.threads, Path(args.workdir) if args.workdir else None, args.only)
+    if args.only == "controlnet":
+        print_controlnet(r["controlnet"])
+    else:
+        print_table(r)
     Path(args.out).write_text(json.dumps(r, indent=1))
     print(f"\nJSON written to {args.out}")
     return 0

@@ -122,12 +122,15 @@ def cmd_generate(args) -> int:
     t_load = time.perf_counter() - t0
     params = {k: v for k, v in vars(args).items() if k not in ("func", "tiny_dir", "threads")}
     params = {k: str(v) if isinstance(v, Path) else v for k, v in params.items()}
+    image = _load_image(args.image, "RGB") if args.image else None
+    mask = _load_image(args.mask, "L") if args.mask else None
+    controls = _controls(args, image, mask)
+    if args.control_inpaint:  # the image and mask go to the ControlNet, not to latent inpainting
+        image = mask = None
     images = pipe.generate(
         args.prompt, args.negative_prompt, args.width, args.height, args.steps, args.cfg, args.shift, args.seed,
-        args.batch, parse_sigmas(args.sigmas) if args.sigmas else None,
-        _load_image(args.image, "RGB") if args.image else None, args.denoise,
-        _load_image(args.mask, "L") if args.mask else None, args.cfg_truncation, args.cfg_normalization,
-        ProgressBar(args.steps),
+        args.batch, parse_sigmas(args.sigmas) if args.sigmas else None, image, args.denoise, mask,
+        args.cfg_truncation, args.cfg_normalization, ProgressBar(args.steps), controls=controls,
     )
     out = Path(args.out)
     for i, img in enumerate(images):
@@ -136,6 +139,37 @@ def cmd_generate(args) -> int:
         print(f"saved {path}")
     print(f"load {t_load:.2f}s, total {time.perf_counter() - t0:.2f}s", file=sys.stderr)
     return 0
+
+
+def _controls(args, image, mask) -> list:
+    """--control IMAGE --control-model FILE pairs (repeatable), each with its scale / start / end."""
+    if not args.control and not args.control_model:
+        if args.control_inpaint:
+            raise ZImageError("--control-inpaint needs a ControlNet (--control IMAGE --control-model FILE).")
+        return []
+    from .controlnet import ControlImage, load_controlnet
+
+    n = len(args.control or [])
+    if n != len(args.control_model or []):
+        raise ZImageError(f"{n} --control image(s) but {len(args.control_model or [])} --control-model file(s); "
+                          "give one model per control image.")
+    if args.control_inpaint and (image is None or mask is None):
+        raise ZImageError("--control-inpaint needs --image (the picture to inpaint) and --mask (white = repaint).")
+
+    def nth(values, i, default):
+        values = values or []
+        if len(values) not in (0, 1, n):
+            raise ZImageError(f"give one value for all controls or one per control ({n}); got {len(values)}.")
+        return values[i] if len(values) == n else (values[0] if values else default)
+
+    out = []
+    for i, (img, model) in enumerate(zip(args.control, args.control_model)):
+        inpaint = args.control_inpaint and i == 0
+        out.append(ControlImage(
+            load_controlnet(model, args.weight_dtype, args.device), _load_image(img, "RGB"),
+            nth(args.control_scale, i, 0.75), nth(args.control_start, i, 0.0), nth(args.control_end, i, 1.0),
+            inpaint_image=image if inpaint else None, inpaint_mask=mask if inpaint else None))
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image", help="input image for image-to-image / inpainting")
     g.add_argument("--denoise", type=float, default=1.0, help="image-to-image strength (< 1 keeps more of --image)")
     g.add_argument("--mask", help="inpainting mask image, white = regenerate")
+    g.add_argument("--control", action="append", metavar="IMAGE",
+                   help="control image (canny, depth, pose, ... already preprocessed); repeatable, one per "
+                        "--control-model")
+    g.add_argument("--control-model", action="append", metavar="FILE",
+                   help="Z-Image ControlNet Union file or diffusers folder (1.0, 2.0, 2.1, lite, tile)")
+    g.add_argument("--control-scale", action="append", type=float, help="conditioning scale (default 0.75)")
+    g.add_argument("--control-start", action="append", type=float,
+                   help="where the control starts acting, as model time 1 - sigma (0 = first step)")
+    g.add_argument("--control-end", action="append", type=float, help="where it stops acting (1 = last step)")
+    g.add_argument("--control-inpaint", action="store_true",
+                   help="give --image and --mask to the (2.0+) ControlNet's inpaint input instead of latent "
+                        "inpainting")
     g.add_argument("--cfg-truncation", type=float, default=1.0)
     g.add_argument("--cfg-normalization", type=float, default=0.0)
     g.add_argument("--weight-dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2"])

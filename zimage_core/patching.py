@@ -30,6 +30,11 @@ class PatchedDiT:
     def with_patch(self, patch) -> PatchedDiT:
         return PatchedDiT(self.dit, self.patches + (patch,), self.host)
 
+    def hosts(self) -> list:
+        """The ModelPatchers to load for a run: the DiT's and those of patches that bring a model (ControlNet)."""
+        out = [self.host] + [getattr(p, "host", None) for p in self.patches]
+        return [h for i, h in enumerate(out) if h is not None and h not in out[:i]]
+
     @contextlib.contextmanager
     def applied(self):
         done = []
@@ -47,7 +52,8 @@ class PatchedDiT:
 
     def step_controls(self, step: int, sigma: float, n_steps: int) -> dict:
         """Merged per-step forward kwargs of all patches. Mod hooks and context transforms compose in patch
-        order (two ConditioningVariance patches both apply); other entries (`adaln_t`): the last patch wins."""
+        order (two ConditioningVariance patches both apply), ControlNet steps add up (stacked controls);
+        other entries (`adaln_t`): the last patch wins."""
         hooks, contexts, out = [], [], {}
         for p in self.patches:
             ctl = dict(p.step_controls(step, sigma, n_steps)) if hasattr(p, "step_controls") else {}
@@ -55,6 +61,8 @@ class PatchedDiT:
                 hooks.append(ctl.pop("mod_hook"))
             if "context" in ctl:
                 contexts.append(ctl.pop("context"))
+            if "control" in ctl and "control" in out:
+                ctl["control"] = out["control"] + ctl["control"]
             out.update(ctl)
         if hooks:
             def mod_hook(stage, index, mod, hooks=tuple(hooks)):

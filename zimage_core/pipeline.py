@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .controlnet import ControlImage, ControlPatch
 from .dit_loader import load_dit
 from .offload import blocks_to_keep, check_memory_preset, enable_block_offload, free_memory, module_bytes
 from .errors import InputError
@@ -125,6 +126,7 @@ class ZImagePipeline:
         cfg_normalization: float = 0.0,
         callback: StepCallback | None = None,
         tiled_decode: bool | None = None,
+        controls: list[ControlImage] | None = None,
     ) -> torch.Tensor:
         """Text (and optionally an image and mask) to IMAGE [batch, height, width, 3].
 
@@ -132,6 +134,7 @@ class ZImagePipeline:
         it is resized to width x height. mask: [1 or batch, H, W] 0..1, 1 = regenerate.
         Image-to-image draws the VAE encoder's sample and then the noise from the seed's generator,
         exactly as diffusers' Z-Image img2img/inpaint pipelines do.
+        controls: ControlNets with their control images (see controlnet.ControlImage); their hints add up.
         """
         check_size(width, height)
         if batch < 1:
@@ -166,5 +169,11 @@ class ZImagePipeline:
         shape = (batch, LATENT_CHANNELS, height // VAE_SCALE_FACTOR, width // VAE_SCALE_FACTOR)
         noise = torch.randn(shape, generator=g, dtype=torch.float32)
 
-        x = sample_euler(dit, noise, pos, sig, guidance, latent_image, noise_mask, callback)
+        step_controls = None
+        if controls:
+            patch = ControlPatch([c.to_control(self.vae) for c in controls])
+            patch.install(dit)
+            step_controls = patch.step_controls
+        x = sample_euler(dit, noise, pos, sig, guidance, latent_image, noise_mask, callback,
+                         step_controls=step_controls)
         return decode(self.vae, to_vae_space(x).to(self.vae.device), tiled_decode)

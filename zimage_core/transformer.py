@@ -270,6 +270,7 @@ class ZImageDiT(nn.Module):
         context: Context | list[torch.Tensor],
         mod_hook: ModHook | None = None,
         adaln_t: torch.Tensor | None = None,
+        control: Callable[..., dict[int, torch.Tensor]] | None = None,
         nag=None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Network output (x0 - noise) for latents x at model time t = 1 - sigma.
@@ -277,6 +278,9 @@ class ZImageDiT(nn.Module):
         x: [B, 16, H, W] or a list of [16, H, W] / [16, 1, H, W] (sizes may differ); t: [B] in [0, 1];
         context: `encode_context(...)` or a list of caption features, one per sample (or one for all).
         adaln_t: a different time for the adaLN conditioning only (adaLN controls); default t.
+        control: a ControlNet step (`controlnet.ControlStep`): given the image tokens before and after the
+        noise_refiner and the first unified hidden states, it returns hints {layer: [B, S, dim]} that are added
+        to the output of those layers.
         nag: a `nag.NAGGuidance` (normalized attention guidance with a negative caption in the main layers).
         Returns float32 in the layout of x.
         """
@@ -311,15 +315,21 @@ class ZImageDiT(nn.Module):
         img_rope = [self.image_rope(len(ct), h, w, device) for ct, (h, w) in zip(context.tokens, sizes)]
 
         u, rot, mask = _batch(img, img_rope)
+        x_pre, x_mask, x_rot = u, mask, rot
         for i, blk in enumerate(self.noise_refiner):
             u = blk(u, mask, rot, c, mod_hook and (lambda m, i=i: mod_hook("noise_refiner", i, m)))
 
         # unified sequence: [image run, caption run] per sample
         seq = [torch.cat([u[b, : len(img[b])], context.tokens[b].to(dtype)]) for b in range(B)]
+        x_ref = u
         u, rot, mask = _batch(seq, [torch.cat([img_rope[b], context.rot[b]]) for b in range(B)])
+        hints = {} if control is None else control(
+            self, x_pre, x_mask, x_rot, x_ref, u, mask, rot, context, [len(r) for r in img], sizes, c)
         nag = nag and nag.branch(context, [len(r) for r in img])  # None when it changes nothing
         for i, blk in enumerate(self.layers):
             u = blk(u, mask, rot, c, mod_hook and (lambda m, i=i: mod_hook("layers", i, m)), nag=nag)
+            if i in hints:
+                u = u + hints[i]
         u = self.final_layer(u, c)
 
         out = []

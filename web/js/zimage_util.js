@@ -16,6 +16,7 @@ export const CATEGORY_STYLES = {
   vae: { color: "#223", bgcolor: "#335", badge: "#4a4a8a" },                    // blue
   lora: { color: "#432", bgcolor: "#653", badge: "#8a6a3a" },                   // amber
   adaln: { color: "#432", bgcolor: "#653", badge: "#8a6a3a" },                  // amber (model patches)
+  controlnet: { color: "#322", bgcolor: "#533", badge: "#8a4a4a" },             // red
 };
 
 /** [width, height] of a preset such as "1216x832 (3:2)", or null ("custom", anything else). */

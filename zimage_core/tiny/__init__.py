@@ -7,6 +7,8 @@
     out/vae/ae_tiny.safetensors                       BFL Flux VAE
     out/tokenizer/                                    Qwen-style tokenizer for the single-file encoder
     out/Z-Image-Tiny/                                 diffusers layout: transformer/ text_encoder/ tokenizer/ vae/ scheduler/
+    out/model_patches/controlnet_tiny_<v>.safetensors ControlNet Union files, v = 1.0, 2.0, 2.1, lite (VideoX-Fun
+                                                      layout), and controlnet_tiny_<v>/ (diffusers folders)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
+from .controlnet import write_tiny_controlnets
 from .dit import write_tiny_dit
 from .text_encoder import write_tiny_text_encoder
 from .vae import write_tiny_vae
@@ -30,6 +33,7 @@ def tiny_paths(out: Path) -> dict[str, Path]:
         "vae": out / "vae" / "ae_tiny.safetensors",
         "tokenizer": out / "tokenizer",
         "diffusers": out / DIFFUSERS_NAME,
+        "controlnets": out / "model_patches",
     }
 
 
@@ -57,4 +61,5 @@ def make_tiny(out: Path, seed: int = 0) -> dict[str, Path]:
         paths[key].parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(written), paths[key])
     shutil.copytree(model / "tokenizer", paths["tokenizer"], dirs_exist_ok=True)
+    write_tiny_controlnets(paths["controlnets"], seed=seed)
     return paths
