@@ -163,6 +163,17 @@ def test_optimised_branch_equals_the_reference_with_adaln_and_lora(dit):
     assert (got[0] - reference(dit, x[0], 0.5, pos, neg, S, TAU, ALPHA)).abs().max().item() > 1e-3  # LoRA acts
 
 
+def test_guidance_for_chosen_rows_leaves_the_other_samples_bit_identical(dit):
+    x, t = torch.randn(3, 16, 8, 8), torch.tensor([0.5, 0.5, 0.5])
+    pos, neg = [feats(9, 1)], [feats(5, 2)]
+    with torch.no_grad():
+        ctx = dit.encode_context(pos)
+        plain = dit(x, t, ctx)
+        got = dit(x, t, ctx, nag=NAGGuidance(dit.encode_context(neg), S, TAU, ALPHA).only([1]))
+    assert torch.equal(got[0], plain[0]) and torch.equal(got[2], plain[2])
+    assert (got[1] - reference(dit, x[1], 0.5, pos[0], neg[0], S, TAU, ALPHA)).abs().max().item() <= 1e-5
+
+
 # -------------------------------------------------------------------------------- through the sampler
 
 @torch.no_grad()

@@ -559,3 +559,41 @@ def test_native_vae_decode_matches_ours_on_the_same_latent(server, tmp_path):
     assert native.shape == ours.shape == (SIZE, SIZE, 3)
     assert native.std() > 2
     assert np.abs(native - ours).max() <= 2, np.abs(native - ours).max()
+
+
+def test_server_nag_scale_zero_equals_the_graph_without_nag_and_bad_input_is_refused(server, tmp_path):
+    """nag_turbo on the real ComfyUI: scale 0 gives the picture of the graph without the NAG node, NAG changes it;
+    a MODEL (another family's type) on NAG's dit input and a negative longer than the DiT's context are clear
+    errors, and the server keeps serving."""
+    from zimage_core.api_client import PromptExecutionError, PromptValidationError
+
+    g = load_api("nag_turbo")
+    sid, nid, lid = ws.find_node(g, "ZImageSampler"), ws.find_node(g, "ZImageNAG"), ws.find_node(g, "ZImageDiTLoader")
+    pics = {}
+    for label, change in (("nag", {}), ("zero", {nid: {"scale": 0.0}}), ("plain", {sid: {"dit": [lid, 0]}})):
+        (path,) = server_run(server, ws.with_inputs(g, change), tmp_path / label).images
+        pics[label] = png(path)
+    assert np.array_equal(pics["zero"], pics["plain"])
+    assert np.abs(pics["nag"] - pics["plain"]).max() > 2
+
+    bad = ws.with_inputs(g, {nid: {"dit": ["90", 0]}})
+    bad["90"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "z_image_turbo_bf16.safetensors",
+                                                        "weight_dtype": "default"}}
+    with pytest.raises(PromptValidationError) as ei:
+        server_run(server, bad, tmp_path / "bad_model")
+    assert any(e.get("node_id") == nid for e in ei.value.errors), ei.value.errors
+
+    neg = g[nid]["inputs"]["negative"][0]
+    assert g[neg]["class_type"] == "ZImageTextEncode"
+    long = ws.with_inputs(g, {neg: {"text": " ".join(["blurry watermark"] * 400)}})
+    long["91"] = {"class_type": "ZImageConditioningCombine", "inputs": {"conditioning_a": [neg, 0],
+                                                                        "conditioning_b": [neg, 0], "mode": "concat",
+                                                                        "weight": 0.5}}
+    long["92"] = dict(long["91"], inputs=dict(long["91"]["inputs"], conditioning_a=["91", 0], conditioning_b=["91", 0]))
+    long[nid]["inputs"]["negative"] = ["92", 0]
+    with pytest.raises(PromptExecutionError) as ei:
+        server_run(server, long, tmp_path / "bad_long")
+    assert ei.value.node_type == "ZImageNAG" and "longer than the DiT's context" in ei.value.exception_message
+
+    (path,) = server_run(server, g, tmp_path / "after").images  # still serving, same picture
+    assert np.array_equal(png(path), pics["nag"])

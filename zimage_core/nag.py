@@ -29,7 +29,7 @@ The noise refiner, context refiner and final layer are unchanged. Extra cost per
 Identity cases, exact: s = 0 or α = 0, or a step outside start..end -> `NAG.step_controls` returns {} (the same forward
 as without NAG); a sample whose refined negative caption equals its positive one (negative = positive) is
 left out of the branch (Z⁻ = Z⁺ would make the rule the identity).
-With CFG (cfg != 1) the sampler applies NAG to the positive half of its batch only (`NAGGuidance.first`); the
+With CFG (cfg != 1) the sampler applies NAG to the positive half of its batch only (`NAGGuidance.rows`); the
 CFG negative prediction is the plain forward.
 
 `NAG` is a runtime patch (see `patching`): it travels on a ZIMAGE_DIT with LoRAs and adaLN controls.
@@ -129,25 +129,38 @@ class NAG:
 
 class NAGGuidance:
     """What one forward gets (`ZImageDiT.forward(nag=...)`): the refined negative Context and the parameters.
-    `first`: NAG acts on samples 0..first-1 of the batch only (the positive half under CFG); None = all."""
+    `rows`: the samples of the batch NAG acts on (the positive ones under CFG), None = all; the negative has
+    one caption, or one per sample of the batch."""
 
-    def __init__(self, negative: Context, scale: float, tau: float, alpha: float, first: int | None = None):
-        self.negative, self.scale, self.tau, self.alpha, self.first = negative, scale, tau, alpha, first
+    def __init__(self, negative: Context, scale: float, tau: float, alpha: float, rows: list[int] | None = None):
+        self.negative, self.scale, self.tau, self.alpha, self.rows = negative, scale, tau, alpha, rows
+
+    def only(self, rows: list[int]) -> NAGGuidance:
+        """The same guidance for these samples only (e.g. a host's conditional rows of a [cond, uncond] batch)."""
+        return NAGGuidance(self.negative, self.scale, self.tau, self.alpha, list(rows))
 
     def positive_half(self, n: int) -> NAGGuidance:
-        return NAGGuidance(self.negative, self.scale, self.tau, self.alpha, n)
+        """For our sampler's CFG batch [positive x n, negative x n]."""
+        return self.only(range(n))
 
     def branch(self, context: Context, img_lens: list[int]) -> _Branch | None:
         """The negative branch of one forward (positive `context`, image run lengths per sample), or None when
         no sample needs one."""
         B = len(img_lens)
-        neg = self.negative.repeat(B) if len(self.negative) == 1 and B > 1 else self.negative
-        n = B if self.first is None else min(self.first, B)
-        if len(neg) not in (n, B):
-            raise InputError(f"the NAG negative has {len(neg)} captions for a batch of {n}; give one, or one per "
-                             f"sample.")
-        rows = [b for b in range(n) if not (neg.tokens[b].shape == context.tokens[b].shape
-                                            and torch.equal(neg.tokens[b], context.tokens[b]))]
+        rows = list(range(B)) if self.rows is None else [b for b in self.rows if b < B]
+        if len(self.negative) == 1:
+            neg = self.negative.repeat(B)
+        elif len(self.negative) == B:
+            neg = self.negative
+        elif self.rows is not None and len(self.negative) == len(self.rows):  # one per guided sample
+            neg = Context([self.negative.tokens[0]] * B, [self.negative.rot[0]] * B)
+            for i, b in enumerate(self.rows):
+                neg.tokens[b], neg.rot[b] = self.negative.tokens[i], self.negative.rot[i]
+        else:
+            raise InputError(f"the NAG negative has {len(self.negative)} captions for a batch of {B}; give one, or "
+                             f"one per sample.")
+        rows = [b for b in rows if not (neg.tokens[b].shape == context.tokens[b].shape
+                                        and torch.equal(neg.tokens[b], context.tokens[b]))]
         if not rows:
             return None
         return _Branch(self, rows, [img_lens[b] for b in rows], [neg.tokens[b] for b in rows],
