@@ -32,7 +32,13 @@ left out of the branch (Z⁻ = Z⁺ would make the rule the identity).
 With CFG (cfg != 1) the sampler applies NAG to the positive half of its batch only (`NAGGuidance.rows`); the
 CFG negative prediction is the plain forward.
 
-`NAG` is a runtime patch (see `patching`): it travels on a ZIMAGE_DIT with LoRAs and adaLN controls.
+Composition: LoRAs act through the shared Linear layers (the negative branch uses the block's own modules),
+adaLN controls through the block's modulation chunks (the same for both branches), ControlNet hints are added
+to the shared hidden states after a layer (the image rows the negative branch reads include them; the
+negative caption rows get none).
+
+`NAG` is a runtime patch (see `patching`): it travels on a ZIMAGE_DIT with LoRAs and adaLN controls. A host
+that batches [cond, uncond] itself passes `NAGGuidance.only(cond rows)`.
 """
 
 from __future__ import annotations
