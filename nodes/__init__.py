@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES = ("loaders", "conditioning", "latent", "sampler", "vae", "lora", "adaln", "prompt_enhancer", "speed", "controlnet")
+_MODULES = ("loaders", "conditioning", "latent", "sampler", "vae", "lora", "adaln", "nag", "prompt_enhancer", "speed",
+            "controlnet")
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

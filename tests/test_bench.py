@@ -28,6 +28,7 @@ def test_benchmark_smoke_run_writes_every_measure_and_ratio(tmp_path):
     for label in ("1.0", "2.1"):
         assert res["controlnet"][f"ours_{label}_over_plain"] > 0 and res["controlnet"][f"ours_{label}_over_diffusers"] > 0
     assert "ControlNet 2.1: forward" in r.stdout
+    assert res["nag"]["nag_over_plain"] > 0 and res["nag"]["nag_over_cfg"] > 0 and "NAG: forward" in r.stdout
 
 
 def test_make_tiny_cli_writes_the_comfyui_and_diffusers_layouts(tmp_path):

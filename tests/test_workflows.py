@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workflow_support as ws
 
 EXPECTED = ("turbo_t2i", "base_cfg", "prompt_enhancer_turbo", "lora_stack", "img2img", "inpaint", "adaln_variety",
-            "native_mixed", "low_vram_fast", "controlnet_canny")
+            "native_mixed", "low_vram_fast", "controlnet_canny", "nag_turbo")
 INDEX = json.loads(ws.INDEX_PATH.read_text(encoding="utf-8"))
 NAMES = [w["name"] for w in INDEX["workflows"]]
 SIZE, STEPS = 64, 3
@@ -423,6 +423,17 @@ def test_controlnet_canny_runs_and_the_control_changes_the_picture(tiny_env):
     assert (saved(tiny_env, g0, res0) - img).abs().max() > 0.02
 
 
+def test_nag_turbo_runs_and_scale_zero_equals_the_graph_without_nag(tiny_env):
+    g, res = tiny_run(tiny_env, "nag_turbo")
+    saved(tiny_env, g, res)
+    sid, nid = ws.find_node(g, "ZImageSampler"), ws.find_node(g, "ZImageNAG")
+    assert [type(p).__name__ for p in res.inputs[sid]["dit"].patches] == ["NAG"] and g[sid]["inputs"]["cfg"] == 1.0
+    g0, res0 = tiny_run(tiny_env, "nag_turbo", {nid: {"scale": 0.0}})
+    g1, res1 = tiny_run(tiny_env, "nag_turbo", {sid: {"dit": [ws.find_node(g, "ZImageDiTLoader"), 0]}})
+    assert torch.equal(latent_of(g0, res0), latent_of(g1, res1))
+    assert (latent_of(g, res) - latent_of(g1, res1)).abs().max() > 1e-3
+
+
 def test_native_mixed_runs_with_the_stand_ins(tiny_env, pack):
     g, res = tiny_run(tiny_env, "native_mixed")
     img = saved(tiny_env, g, res)
@@ -548,3 +559,41 @@ def test_native_vae_decode_matches_ours_on_the_same_latent(server, tmp_path):
     assert native.shape == ours.shape == (SIZE, SIZE, 3)
     assert native.std() > 2
     assert np.abs(native - ours).max() <= 2, np.abs(native - ours).max()
+
+
+def test_server_nag_scale_zero_equals_the_graph_without_nag_and_bad_input_is_refused(server, tmp_path):
+    """nag_turbo on the real ComfyUI: scale 0 gives the picture of the graph without the NAG node, NAG changes it;
+    a MODEL (another family's type) on NAG's dit input and a negative longer than the DiT's context are clear
+    errors, and the server keeps serving."""
+    from zimage_core.api_client import PromptExecutionError, PromptValidationError
+
+    g = load_api("nag_turbo")
+    sid, nid, lid = ws.find_node(g, "ZImageSampler"), ws.find_node(g, "ZImageNAG"), ws.find_node(g, "ZImageDiTLoader")
+    pics = {}
+    for label, change in (("nag", {}), ("zero", {nid: {"scale": 0.0}}), ("plain", {sid: {"dit": [lid, 0]}})):
+        (path,) = server_run(server, ws.with_inputs(g, change), tmp_path / label).images
+        pics[label] = png(path)
+    assert np.array_equal(pics["zero"], pics["plain"])
+    assert np.abs(pics["nag"] - pics["plain"]).max() > 2
+
+    bad = ws.with_inputs(g, {nid: {"dit": ["90", 0]}})
+    bad["90"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "z_image_turbo_bf16.safetensors",
+                                                        "weight_dtype": "default"}}
+    with pytest.raises(PromptValidationError) as ei:
+        server_run(server, bad, tmp_path / "bad_model")
+    assert any(e.get("node_id") == nid for e in ei.value.errors), ei.value.errors
+
+    neg = g[nid]["inputs"]["negative"][0]
+    assert g[neg]["class_type"] == "ZImageTextEncode"
+    long = ws.with_inputs(g, {neg: {"text": " ".join(["blurry watermark"] * 400)}})
+    long["91"] = {"class_type": "ZImageConditioningCombine", "inputs": {"conditioning_a": [neg, 0],
+                                                                        "conditioning_b": [neg, 0], "mode": "concat",
+                                                                        "weight": 0.5}}
+    long["92"] = dict(long["91"], inputs=dict(long["91"]["inputs"], conditioning_a=["91", 0], conditioning_b=["91", 0]))
+    long[nid]["inputs"]["negative"] = ["92", 0]
+    with pytest.raises(PromptExecutionError) as ei:
+        server_run(server, long, tmp_path / "bad_long")
+    assert ei.value.node_type == "ZImageNAG" and "longer than the DiT's context" in ei.value.exception_message
+
+    (path,) = server_run(server, g, tmp_path / "after").images  # still serving, same picture
+    assert np.array_equal(png(path), pics["nag"])

@@ -13,7 +13,9 @@ Measures, with warm-up and the median of repeats:
   dtypes     bf16- and fp8-stored DiT (computed in fp32 on CPU): forward time and error against fp32;
   controlnet one DiT forward with one ControlNet Union (1.0 and 2.1 layouts, control layers as dense as in the
              released files) against the plain forward, ours and diffusers' ZImageControlNetModel +
-             transformer (`--only controlnet` runs just this section).
+             transformer (`--only controlnet` runs just this section);
+  nag        one DiT forward with NAG (a 32-token negative caption) against the plain forward and against the
+             CFG forward (batch of 2) it replaces at cfg 1 (`--only nag` runs just this section).
 Prints a table and writes JSON with ours/diffusers ratios. Timings depend on the machine; only the ratios
 taken in the same run are comparable. Without diffusers installed only our side is measured.
 """
@@ -236,6 +238,26 @@ def measure_controlnet(paths: dict, cfg: DiTConfig, x, t, cap, repeats: int, dif
     return out
 
 
+def measure_nag(paths: dict, x, t, cap, repeats: int) -> dict:
+    """Seconds per forward: plain, with NAG (the negative encoded once, as in a sampling run), and the two-sample
+    forward of CFG; the ratios NAG / plain and NAG / CFG."""
+    from .dit_loader import load_dit
+    from .nag import NAGGuidance
+
+    dit = load_dit(paths["dit"], "fp32")
+    neg = torch.randn(32, cap.shape[-1], generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        pos_ctx, neg_ctx = dit.encode_context([cap]), dit.encode_context([neg])
+        nag = NAGGuidance(neg_ctx, 5.0, 2.5, 0.25)
+        secs = _interleaved_medians({
+            "plain": lambda: dit(x, t, pos_ctx),
+            "nag": lambda: dit(x, t, pos_ctx, nag=nag),
+            "cfg": lambda: dit(torch.cat([x, x]), torch.cat([t, t]), pos_ctx + neg_ctx),
+        }, repeats)
+    return {"seconds": secs, "nag_over_plain": secs["nag"] / secs["plain"], "nag_over_cfg": secs["nag"] / secs["cfg"],
+            "cfg_over_plain": secs["cfg"] / secs["plain"]}
+
+
 def run(name: str, repeats: int, threads: int, workdir: Path | None, only: str | None = None) -> dict:
     torch.set_num_threads(threads)
     try:
@@ -257,6 +279,9 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None, only: str |
     t = torch.tensor([0.5])
     if only == "controlnet":
         result["controlnet"] = measure_controlnet(paths, cfg["dit"], x, t, cap, repeats, diffusers, tmp)
+        return result
+    if only == "nag":
+        result["nag"] = measure_nag(paths, x, t, cap, repeats)
         return result
 
     # 1. load: fresh processes in turns, median of `repeats` (the first read of a file after other work may
@@ -305,6 +330,7 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None, only: str |
     result["dtypes"] = dtypes
     ours = ref = None  # free the models before the next section
     result["controlnet"] = measure_controlnet(paths, cfg["dit"], x, t, cap, repeats, diffusers, tmp)
+    result["nag"] = measure_nag(paths, x, t, cap, repeats)
 
     # 4. VAE decode
     from .vae import load_vae
@@ -350,6 +376,12 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None, only: str |
     return result
 
 
+def print_nag(n: dict) -> None:
+    s = n["seconds"]
+    print(f"NAG: forward {s['nag']:.3f}s = {n['nag_over_plain']:.2f}x the plain {s['plain']:.3f}s; "
+          f"CFG (2 samples) {s['cfg']:.3f}s = {n['cfg_over_plain']:.2f}x; NAG / CFG {n['nag_over_cfg']:.2f}")
+
+
 def print_controlnet(c: dict) -> None:
     s = c["seconds"]
     for label in ("1.0", "2.1"):
@@ -392,6 +424,7 @@ def print_table(r: dict) -> None:
         print(f"{k} storage: forward {v['forward_s']:.3f}s, rel. error vs fp32 {v['rel_err_vs_fp32']:.2e}, "
               f"file {v['file_bytes'] / 2**20:.0f} MiB")
     print_controlnet(r["controlnet"])
+    print_nag(r["nag"])
 
 
 def main(argv=None) -> int:
@@ -401,11 +434,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--workdir", help="keep the generated weights here (reused across runs)")
     p.add_argument("--out", default="bench.json")
-    p.add_argument("--only", choices=["controlnet"], help="run one section only")
+    p.add_argument("--only", choices=["controlnet", "nag"], help="run one section only")
     args = p.parse_args(argv)
     r = run(args.config, args.repeats, args.threads, Path(args.workdir) if args.workdir else None, args.only)
     if args.only == "controlnet":
         print_controlnet(r["controlnet"])
+    elif args.only == "nag":
+        print_nag(r["nag"])
     else:
         print_table(r)
     Path(args.out).write_text(json.dumps(r, indent=1))

@@ -71,7 +71,8 @@ def sample_euler(
     1 = regenerate, 0 = keep latent_image (re-noised to each step's level, clean at the end).
     step_controls(step, sigma, n_steps) -> extra `ZImageDiT.forward` kwargs for that step (adaLN controls);
     a "context" entry (a Context, or a callable positive_context -> Context) replaces the positive
-    context for that step only (conditioning variance); the negative context is never replaced.
+    context for that step only (conditioning variance); the negative context is never replaced. A "nag"
+    entry (NAG) acts on the positive half of a CFG batch only.
     """
     if noise_mask is not None and latent_image is None:
         raise InputError("an inpainting mask needs the input image latent to keep the unmasked area.")
@@ -92,6 +93,8 @@ def sample_euler(
         if guidance is not None and guidance.active(s):
             ctx = (pos.repeat(B) if len(pos) == 1 else pos) + (
                 guidance.negative.repeat(B) if len(guidance.negative) == 1 else guidance.negative)
+            if controls.get("nag") is not None:  # NAG guides the positive prediction only
+                controls["nag"] = controls["nag"].positive_half(B)
             v_pos, v_neg = model.velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), ctx, **controls).chunk(2)
             v = guidance.combine(v_pos, v_neg)
         else:

@@ -93,13 +93,16 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(dim // n_heads, eps)
         self.k_norm = RMSNorm(dim // n_heads, eps)
 
-    def forward(self, x, mask, rot):
+    def forward(self, x, mask, rot, o_hook: Callable | None = None):
         B, S, _ = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.n_heads, -1).unbind(2)  # each [B, S, H, Dh]
         q = apply_rope(self.q_norm(q), rot)
         k = apply_rope(self.k_norm(k), rot)
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-        return self.out(o.transpose(1, 2).reshape(B, S, -1))
+        o = o.transpose(1, 2).reshape(B, S, -1)
+        if o_hook is not None:  # NAG (see nag.py): sees q, k, v [B, S, H, Dh] and o [B, S, dim] before `out`
+            o = o_hook(q, k, v, o)
+        return self.out(o)
 
 
 class FeedForward(nn.Module):
@@ -133,7 +136,7 @@ class TransformerBlock(nn.Module):
         if modulation:
             self.adaLN_modulation = nn.Sequential(Linear(cfg.adaln_dim, 4 * cfg.dim))
 
-    def forward(self, x, mask, rot, adaln_input=None, mod_hook: Callable | None = None):
+    def forward(self, x, mask, rot, adaln_input=None, mod_hook: Callable | None = None, nag=None):
         if adaln_input is None:
             x = x + self.attention_norm2(self.attention(self.attention_norm1(x), mask, rot))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
@@ -142,7 +145,8 @@ class TransformerBlock(nn.Module):
             mod = mod_hook(mod)
         scale_msa, gate_msa, scale_mlp, gate_mlp = mod[:, None].chunk(4, dim=-1)  # each [B, 1, dim]
         # x + tanh(gate) * norm2(attention(norm1(x) * (1 + scale))), each norm fused with its multiply
-        attn = self.attention(self.attention_norm1.modulated(x, 1 + scale_msa), mask, rot)
+        o_hook = nag.block_hook(self, scale_msa, gate_msa, scale_mlp, gate_mlp) if nag is not None else None
+        attn = self.attention(self.attention_norm1.modulated(x, 1 + scale_msa), mask, rot, o_hook)
         x = self.attention_norm2.gated_residual(x, attn, gate_msa.tanh())
         ffn = self.feed_forward(self.ffn_norm1.modulated(x, 1 + scale_mlp))
         return self.ffn_norm2.gated_residual(x, ffn, gate_mlp.tanh())
@@ -267,6 +271,7 @@ class ZImageDiT(nn.Module):
         mod_hook: ModHook | None = None,
         adaln_t: torch.Tensor | None = None,
         control: Callable[..., dict[int, torch.Tensor]] | None = None,
+        nag=None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Network output (x0 - noise) for latents x at model time t = 1 - sigma.
 
@@ -276,6 +281,7 @@ class ZImageDiT(nn.Module):
         control: a ControlNet step (`controlnet.ControlStep`): given the image tokens before and after the
         noise_refiner and the first unified hidden states, it returns hints {layer: [B, S, dim]} that are added
         to the output of those layers.
+        nag: a `nag.NAGGuidance` (normalized attention guidance with a negative caption in the main layers).
         Returns float32 in the layout of x.
         """
         cfg, dtype = self.cfg, self.compute_dtype
@@ -319,8 +325,9 @@ class ZImageDiT(nn.Module):
         u, rot, mask = _batch(seq, [torch.cat([img_rope[b], context.rot[b]]) for b in range(B)])
         hints = {} if control is None else control(
             self, x_pre, x_mask, x_rot, x_ref, u, mask, rot, context, [len(r) for r in img], sizes, c)
+        nag = nag and nag.branch(context, [len(r) for r in img])  # None when it changes nothing
         for i, blk in enumerate(self.layers):
-            u = blk(u, mask, rot, c, mod_hook and (lambda m, i=i: mod_hook("layers", i, m)))
+            u = blk(u, mask, rot, c, mod_hook and (lambda m, i=i: mod_hook("layers", i, m)), nag=nag)
             if i in hints:
                 u = u + hints[i]
         u = self.final_layer(u, c)
