@@ -198,13 +198,14 @@ def dit():
 @pytest.mark.parametrize("name,sched", [("euler", "simple"), ("euler_ancestral", "normal"), ("heun", "karras"),
                                         ("dpmpp_2m", "beta"), ("dpmpp_2m_sde", "sgm_uniform"),
                                         ("dpmpp_sde", "exponential"), ("res_multistep", "linear_quadratic"),
-                                        ("er_sde", "simple"), ("lcm", "zimage"), ("deis", "normal")])
+                                        ("er_sde", "simple"), ("lcm", "zimage"), ("deis", "normal"),
+                                        ("uni_pc", "karras"), ("uni_pc_bh2", "simple")])
 def test_tiny_dit_with_cfg_matches_comfyui_ksampler(comfy, dit, name, sched):
     model, ctx, neg = dit
     guidance = Guidance(neg, cfg=3.0)
     seed = 42
     noise = torch.randn((1, 16, 4, 4), generator=torch.Generator().manual_seed(seed))
-    sigmas = scheduler_sigmas(sched, 4, SHIFT)
+    sigmas = scheduler_sigmas(sched, 4, SHIFT, sampler=name)
 
     def x0_fn(x, sigma):  # ComfyUI's CFG on the DiT's x0 (what its CFGGuider computes for this model)
         v_pos = model.velocity(x, sigma, ctx)

@@ -344,6 +344,97 @@ def sample_deis(denoise: Denoise, x, sigmas, noise: Noise, on_step: OnStep, max_
     return x
 
 
+def _unipc_step(model, x, ms, ts, t, order, corrector, variant):
+    """One UniPC multistep update (Zhao et al. 2023, data prediction, B(h) variant) from ts[-1] to t.
+
+    Time is the VE sigma seen as VP (alpha = 1/sqrt(1 + s^2), std = s/sqrt(1 + s^2), lambda = -log s);
+    ms / ts: the previous data predictions and their times, newest last. Returns (x_t, prediction at x_t or None).
+    """
+    def log_alpha(s):
+        return 0.5 * torch.log(1 / (s * s + 1))
+
+    def std(s):
+        return torch.sqrt(1.0 - torch.exp(2.0 * log_alpha(s)))
+
+    def lam(s):
+        la = log_alpha(s)
+        return la - 0.5 * torch.log(1.0 - torch.exp(2.0 * la))
+
+    t0, m0 = ts[-1], ms[-1]
+    h = lam(t) - lam(t0)
+    alpha_t = torch.exp(log_alpha(t))
+    rks, d1s = [], []
+    for i in range(1, order):
+        rk = (lam(ts[-(i + 1)]) - lam(t0)) / h
+        rks.append(float(rk))
+        d1s.append((ms[-(i + 1)] - m0) / rk)
+    rks = torch.tensor(rks + [1.0])
+    hh = -h
+    h_phi_1 = torch.expm1(hh)
+    b_h = hh if variant == "bh1" else torch.expm1(hh)
+    h_phi_k, fact, rows, b = h_phi_1 / hh - 1, 1, [], []
+    for i in range(1, order + 1):
+        rows.append(rks ** (i - 1))
+        b.append(float(h_phi_k * fact / b_h))
+        fact *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / fact
+    R, b = torch.stack(rows), torch.tensor(b)
+    x_base = (std(t) / std(t0)) * x - (alpha_t * h_phi_1) * m0
+    pred = 0
+    if d1s:  # predictor (UniP): the higher-order terms from the history
+        rho_p = torch.tensor([0.5]) if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
+        pred = sum(float(r) * d for r, d in zip(rho_p, d1s))
+    x_t = x_base - (alpha_t * b_h) * pred
+    if not corrector:
+        return x_t, None
+    # corrector (UniC): refine with the prediction at the new point, which the next step reuses
+    rho_c = torch.tensor([0.5]) if order == 1 else torch.linalg.solve(R, b)
+    m_t = model(x_t, t)
+    corr = sum(float(r) * d for r, d in zip(rho_c[:-1], d1s)) if d1s else 0
+    return x_base - (alpha_t * b_h) * (corr + rho_c[-1] * (m_t - m0)), m_t
+
+
+def sample_uni_pc(denoise: Denoise, x, sigmas, noise: Noise, on_step: OnStep, variant: str = "bh1"):
+    """UniPC multistep, order 3 (lower order at the start and the end), in ComfyUI's form: k-diffusion's
+    sigmas read as variance-preserving times, the final sigma 0 replaced by 0.001, and the result un-scaled
+    by that end point's flow noise scaling 1 - 0.001 (what ComfyUI's KSampler returns for a flow model)."""
+    ts = sigmas.clone()
+    if ts[-1] == 0:
+        ts[-1] = 0.001
+    n = len(ts) - 1
+
+    def model(x_vp, t):  # the data prediction at VP-scaled x, through the noise prediction as UniPC defines it
+        k = int((ts >= t).sum()) - 1  # the schedule step of this time
+        x_ve = x_vp * (t ** 2 + 1.0) ** 0.5
+        eps = (x_ve - denoise(x_ve, t, min(max(k, 0), n - 1))) / t
+        log_alpha = 0.5 * torch.log(1 / (t * t + 1))
+        return (x_vp - torch.sqrt(1.0 - torch.exp(2.0 * log_alpha)) * eps) / torch.exp(log_alpha)
+
+    order = min(3, len(ts) - 2)
+    x = x / torch.sqrt(1.0 + ts[0] ** 2.0)
+    ms, tl = [], []
+    for i in range(n):
+        if i == 0:
+            ms, tl = [model(x, ts[0])], [ts[0]]
+        elif i < order:
+            x, m = _unipc_step(model, x, ms, tl, ts[i], i, True, variant)
+            ms.append(m)
+            tl.append(ts[i])
+        else:
+            for step in range(i, i + 1 + (1 if i == n - 1 else 0)):
+                x, m = _unipc_step(model, x, ms, tl, ts[step], min(order, n + 1 - step), step != n, variant)
+                ms, tl = ms[1:] + ms[-1:], tl[1:] + [ts[step]]
+                if step < n:
+                    ms[-1] = m if m is not None else model(x, ts[step])
+        on_step(i, x, ms[-1])
+    x = x / torch.exp(0.5 * torch.log(1 / (ts[-1] * ts[-1] + 1)))
+    return x / (1.0 - ts[-1]) if sigmas[-1] == 0 else x
+
+
+def sample_uni_pc_bh2(denoise: Denoise, x, sigmas, noise: Noise, on_step: OnStep):
+    return sample_uni_pc(denoise, x, sigmas, noise, on_step, variant="bh2")
+
+
 SAMPLERS: dict[str, Callable] = {
     "euler": sample_euler,
     "euler_ancestral": sample_euler_ancestral,
@@ -355,6 +446,8 @@ SAMPLERS: dict[str, Callable] = {
     "er_sde": sample_er_sde,
     "lcm": sample_lcm,
     "deis": sample_deis,
+    "uni_pc": sample_uni_pc,
+    "uni_pc_bh2": sample_uni_pc_bh2,
 }
 # samplers whose update needs the model's shift (through the first sigma's offset)
 SHIFT_AWARE = {"dpmpp_2m_sde", "dpmpp_sde", "er_sde"}
