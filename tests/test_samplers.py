@@ -226,3 +226,50 @@ def test_unknown_sampler_names_the_value_and_the_choices(dit):
     model, ctx, _ = dit
     with pytest.raises(InputError, match="'bogus'.*dpmpp_2m_sde"):
         sample(model, torch.zeros(1, 16, 4, 4), ctx, flow_sigmas(2), "bogus")
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m_sde", "uni_pc"])
+def test_tiny_dit_inpainting_at_denoise_0_7_matches_comfyui_ksampler(comfy, dit, name):
+    model, ctx, _ = dit
+    g = torch.Generator().manual_seed(9)
+    noise, image = torch.randn((1, 16, 4, 4), generator=g), torch.randn((1, 16, 4, 4), generator=g)
+    mask = torch.zeros((1, 1, 4, 4))
+    mask[..., 1:3, :] = 1.0
+    sigmas = scheduler_sigmas("beta", 5, SHIFT, denoise=0.7, sampler=name)
+
+    def x0_fn(x, sigma):
+        return x - model.velocity(x, sigma, ctx) * sigma.reshape(-1, 1, 1, 1)
+
+    with torch.no_grad():
+        ref = comfy_sample(comfy, name, x0_fn, noise, sigmas, 9, latent_image=image, mask=mask)
+        ours = sample(model, noise, ctx, sigmas, name, seed=9, shift=SHIFT, latent_image=image, noise_mask=mask)
+    assert (ours - ref).abs().max() <= 1e-4
+
+
+def test_every_sampler_reports_each_step_and_passes_its_index_to_the_step_controls(dit):
+    model, ctx, _ = dit
+    noise = torch.randn((1, 16, 4, 4), generator=torch.Generator().manual_seed(1))
+    sigmas = scheduler_sigmas("simple", 3, SHIFT)
+    for name in SAMPLERS:
+        seen, reported = set(), []
+
+        def controls(step, sigma, n):
+            assert n == 3
+            seen.add(step)
+            return {}
+
+        with torch.no_grad():
+            sample(model, noise, ctx, sigmas, name, seed=1, callback=lambda i, n, x, x0: reported.append(i),
+                   step_controls=controls)
+        assert reported == [0, 1, 2] and seen == {0, 1, 2}, name
+
+
+def test_a_callback_that_raises_interrupts_any_sampler(dit):
+    model, ctx, _ = dit
+
+    def cancel(i, n, x, x0):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sample(model, torch.zeros(1, 16, 4, 4), ctx, scheduler_sigmas("karras", 3), "dpmpp_sde", seed=0,
+               callback=cancel)
