@@ -32,7 +32,7 @@ def comfy():
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True  # before comfy.model_management is imported (this torch has no CUDA)
-    import comfy.k_diffusion.sampling  # noqa: F401
+    import comfy.k_diffusion.sampling
     import comfy.model_sampling as ms
     import comfy.samplers as samplers
 
@@ -64,7 +64,7 @@ class ComfyModel:
 
         self.inner_model, self.model_patcher = Inner(), Patcher()
 
-    def __call__(self, x, sigma, model_options={}, seed=None):
+    def __call__(self, x, sigma, model_options=None, seed=None):
         return self.x0_fn(x, sigma)
 
 
@@ -253,13 +253,13 @@ def test_every_sampler_reports_each_step_and_passes_its_index_to_the_step_contro
     for name in SAMPLERS:
         seen, reported = set(), []
 
-        def controls(step, sigma, n):
+        def controls(step, sigma, n, seen=seen):
             assert n == 3
             seen.add(step)
             return {}
 
         with torch.no_grad():
-            sample(model, noise, ctx, sigmas, name, seed=1, callback=lambda i, n, x, x0: reported.append(i),
+            sample(model, noise, ctx, sigmas, name, seed=1, callback=lambda i, n, x, x0, r=reported: r.append(i),
                    step_controls=controls)
         assert reported == [0, 1, 2] and seen == {0, 1, 2}, name
 

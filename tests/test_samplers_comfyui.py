@@ -20,7 +20,7 @@ if not COMFYUI_PATH:
                 allow_module_level=True)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from comfyui_host import ComfyUIHost  # noqa: E402
+from comfyui_host import ComfyUIHost
 
 PROMPT = "a lighthouse on a cliff"
 
