@@ -69,7 +69,8 @@ def test_sampler_lists_are_ksamplers_plus_the_zimage_schedule(server):
     assert ours["scheduler"][0] == ["zimage"] + native["scheduler"][0]
 
 
-@pytest.mark.parametrize("sampler_name,scheduler", [("res_multistep", "simple"), ("dpmpp_2m_sde", "karras")])
+@pytest.mark.parametrize("sampler_name,scheduler", [("res_multistep", "simple"), ("dpmpp_2m_sde", "karras"),
+                                                    ("uni_pc", "beta")])
 def test_comfyui_sampler_on_our_dit_matches_the_core_sampler(server, sampler_name, scheduler):
     host, paths = server
     entry = host.run(_graph(sampler_name, scheduler))
