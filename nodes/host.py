@@ -26,6 +26,8 @@ try:  # ComfyUI puts its root on sys.path; outside ComfyUI these imports fail an
     import comfy.latent_formats  # type: ignore
     import comfy.model_management as mm  # type: ignore
     import comfy.model_patcher  # type: ignore
+    import comfy.model_sampling  # type: ignore
+    import comfy.samplers  # type: ignore
     import comfy.utils  # type: ignore
     import latent_preview  # type: ignore
 
@@ -275,3 +277,71 @@ class Progress:
 
 def progress(total: int, device: torch.device | None = None) -> Progress:
     return Progress(total, device)
+
+
+# ------------------------------------------------------------------------------ ComfyUI's samplers, schedulers
+
+def sampler_names(core: list[str]) -> list[str]:
+    """KSampler's sampler list inside ComfyUI, the core's standalone."""
+    return list(comfy.samplers.KSampler.SAMPLERS) if IN_COMFYUI else list(core)
+
+
+def scheduler_names(core: list[str], own: str) -> list[str]:
+    """Our own schedule `own` first, then KSampler's schedulers inside ComfyUI (the core's standalone)."""
+    return [own] + list(comfy.samplers.KSampler.SCHEDULERS) if IN_COMFYUI else list(core)
+
+
+def flow_model_sampling(shift: float):
+    """ComfyUI's model_sampling for Z-Image as ModelSamplingAuraFlow sets it: discrete flow, multiplier 1."""
+    class ModelSamplingAuraFlow(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+        pass
+
+    ms = ModelSamplingAuraFlow()
+    ms.set_parameters(shift=shift, multiplier=1.0)
+    return ms
+
+
+def calculate_sigmas(scheduler: str, steps: int, shift: float, denoise: float, sampler: str) -> torch.Tensor:
+    """KSampler's schedule (its denoise rule and its penultimate-sigma drop for uni_pc/dpm_2 included)."""
+    ms = flow_model_sampling(shift)
+
+    class Patcher:  # what KSampler needs of a model to build its schedule
+        def get_model_object(self, name):
+            return ms
+
+    return comfy.samplers.KSampler(Patcher(), steps, "cpu", sampler=sampler, scheduler=scheduler,
+                                   denoise=denoise).sigmas.float()
+
+
+class _FlowModel:
+    """The model_wrap that ComfyUI's samplers call: model_sampling for the flow model and x0(x, sigma)."""
+
+    def __init__(self, ms, x0_fn):
+        self.x0_fn = x0_fn
+
+        class Inner:
+            model_sampling = ms
+
+            def scale_latent_inpaint(self, sigma, noise, latent_image, **kw):
+                return ms.noise_scaling(sigma.reshape([sigma.shape[0]] + [1] * (noise.ndim - 1)), noise, latent_image)
+
+        class Patcher:
+            def get_model_object(self, name):
+                return ms
+
+        self.inner_model, self.model_patcher = Inner(), Patcher()
+
+    def __call__(self, x, sigma, model_options=None, seed=None):
+        return self.x0_fn(x, sigma)
+
+
+def run_sampler(name: str, x0_fn, noise: torch.Tensor, sigmas: torch.Tensor, seed: int, shift: float,
+                latent_image: torch.Tensor | None, noise_mask: torch.Tensor | None, callback) -> torch.Tensor:
+    """ComfyUI's sampler `name` (k-diffusion / UniPC through its KSAMPLER, so seed handling, noise scaling and
+    the inpainting mask are ComfyUI's) on x0_fn(x, sigma[B]) -> x0. callback(step, x, x0) after each step."""
+    ms = flow_model_sampling(shift)
+    latent = torch.zeros_like(noise) if latent_image is None else latent_image
+    return comfy.samplers.sampler_object(name).sample(
+        _FlowModel(ms, x0_fn), sigmas.to(noise.device), {"seed": seed, "model_options": {}},
+        lambda i, x0, x, total: callback(i, x, x0), noise, latent_image=latent, denoise_mask=noise_mask,
+        disable_pbar=True)

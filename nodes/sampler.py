@@ -1,4 +1,4 @@
-"""ZImageSampler: flow-matching Euler sampling of a LATENT with the Z-Image DiT, with ComfyUI's seed, denoise,
+"""ZImageSampler: flow-matching sampling (any KSampler sampler/scheduler) of a LATENT with the Z-Image DiT, with ComfyUI's seed, denoise,
 noise_mask and batch_index semantics, progress previews and Cancel."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from ..zimage_core.errors import InputError
 from ..zimage_core.latent import LATENT_CHANNELS, SPATIAL_MULTIPLE, VAE_SCALE_FACTOR, to_model_space, to_vae_space
-from ..zimage_core.sampling import Guidance, sample_euler
-from ..zimage_core.schedules import check_sigmas, flow_sigmas
+from ..zimage_core.samplers import SAMPLERS
+from ..zimage_core.sampling import Denoiser, Guidance, sample, sample_euler
+from ..zimage_core.schedules import DEFAULT_SCHEDULER, SCHEDULERS, check_sigmas, flow_sigmas, scheduler_sigmas
 from . import host
 
 log = logging.getLogger("zimage_nodes")
@@ -137,10 +138,32 @@ def _memory_estimate(dit, samples: torch.Tensor, n_ctx: int, cfg: bool) -> int:
     return int(b * (2 if cfg else 1) * per) + slots
 
 
+def _comfy_sampler(model, name, noise, context, sigmas, seed, shift, guidance, latent_image, noise_mask, callback,
+                   step_controls):
+    """ComfyUI's own sampler `name` through the host adapter, on our DiT's x0 (guidance and step controls
+    included; ComfyUI applies the inpainting mask). A step's controls are those of the schedule step whose
+    interval holds the evaluated sigma."""
+    device = host.module_device(model)
+    noise = noise.to(device, torch.float32)
+    image = None if latent_image is None else latent_image.to(device, torch.float32)
+    mask = None if noise_mask is None else noise_mask.to(device, torch.float32)
+    n = len(sigmas) - 1
+    den = Denoiser(model, context, guidance, n, step_controls, noise, None, None)
+
+    def x0_fn(x, sigma):
+        s = sigma.reshape(-1)[0].float().cpu()
+        step = min(max(int((sigmas >= s).sum()) - 1, 0), n - 1)
+        return den(x.float(), s, step)
+
+    return host.run_sampler(name, x0_fn, noise, sigmas.clone(), int(seed), shift, image, mask,
+                            lambda i, x, x0: callback(i, n, x, x0))
+
+
 # ------------------------------------------------------------------------------------------------ node
 
 class ZImageSampler:
-    DESCRIPTION = ("Samples a LATENT with the Z-Image DiT (flow-matching Euler). Turbo: 8 steps, cfg 1, shift 3. "
+    DESCRIPTION = ("Samples a LATENT with the Z-Image DiT (flow-matching Euler by default; any of KSampler's "
+                   "samplers and schedulers). Turbo: 8 steps, cfg 1, shift 3. "
                    "Base: ~25-50 steps, cfg 3-5 with a negative. denoise < 1 (image-to-image), a noise_mask "
                    "(inpainting) and a custom SIGMAS schedule work as with KSampler; the seed gives the same "
                    "noise as KSampler.")
@@ -183,16 +206,37 @@ class ZImageSampler:
                 "cfg_normalization": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01,
                                                 "tooltip": "If > 0, caps the guided prediction's norm at this "
                                                            "multiple of the positive one's (e.g. 1.0); 0 = off."}),
+                "sampler_name": (host.sampler_names(list(SAMPLERS)), {
+                    "default": "euler",
+                    "tooltip": "The sampling method: euler (Z-Image's reference sampler) or any of KSampler's, e.g. "
+                               "res_multistep or dpmpp_2m_sde; inside ComfyUI its own implementations run, with "
+                               "the same seed meaning the same noise (ancestral/SDE noise included)."}),
+                "scheduler": (host.scheduler_names(list(SCHEDULERS), DEFAULT_SCHEDULER), {
+                    "default": DEFAULT_SCHEDULER,
+                    "tooltip": "The noise schedule: zimage (the reference Turbo schedule, shifted by 'shift') or "
+                               "one of KSampler's (simple, karras, beta, ...) for this model at 'shift'."}),
             },
         }
 
     def sample(self, dit, positive, latent, seed, steps=8, cfg=1.0, shift=3.0, denoise=1.0, negative=None,
-               sigmas=None, cfg_truncation=1.0, cfg_normalization=0.0):
+               sigmas=None, cfg_truncation=1.0, cfg_normalization=0.0, sampler_name="euler",
+               scheduler=DEFAULT_SCHEDULER):
         samples = check_latent(latent)
+        samplers = host.sampler_names(list(SAMPLERS))
+        schedulers = host.scheduler_names(list(SCHEDULERS), DEFAULT_SCHEDULER)
+        if sampler_name not in samplers:
+            raise InputError(f"ZImageSampler: unknown sampler_name '{sampler_name}'; choose one of: "
+                             f"{', '.join(samplers)}.")
+        if scheduler not in schedulers:
+            raise InputError(f"ZImageSampler: unknown scheduler '{scheduler}'; choose one of: {', '.join(schedulers)}.")
         if sigmas is not None:
             sig = check_sigmas(torch.as_tensor(sigmas).detach().float().cpu())
-        else:
+        elif scheduler == DEFAULT_SCHEDULER:
             sig = comfy_denoise_sigmas(int(steps), float(shift), float(denoise))
+        elif host.IN_COMFYUI:
+            sig = host.calculate_sigmas(scheduler, int(steps), float(shift), float(denoise), sampler_name)
+        else:
+            sig = scheduler_sigmas(scheduler, int(steps), float(shift), float(denoise), sampler_name)
         use_cfg = cfg != 1.0
         if use_cfg and negative is None:
             raise InputError(
@@ -228,8 +272,15 @@ class ZImageSampler:
             for what, ctx in (("positive", context), ("negative", guidance.negative if guidance else None)):
                 if ctx is not None and len(ctx) not in (1, B):
                     raise InputError(f"{what} conditioning has a batch of {len(ctx)} for a latent batch of {B}.")
-            x = sample_euler(model, noise, context, sig, guidance, latent_image, noise_mask, callback,
-                             step_controls=dit.step_controls)
+            if sampler_name == "euler" and scheduler == DEFAULT_SCHEDULER:  # the reference Turbo sampler
+                x = sample_euler(model, noise, context, sig, guidance, latent_image, noise_mask, callback,
+                                 step_controls=dit.step_controls)
+            elif host.IN_COMFYUI:
+                x = _comfy_sampler(model, sampler_name, noise, context, sig, seed, float(shift), guidance,
+                                   latent_image, noise_mask, callback, dit.step_controls)
+            else:
+                x = sample(model, noise, context, sig, sampler_name, seed, float(shift), guidance, latent_image,
+                           noise_mask, callback, dit.step_controls)
         out = dict(latent)
         out["samples"] = to_vae_space(x.float()).to(host.intermediate_device())
         return (out,)

@@ -186,6 +186,21 @@ def test_sampler_matches_core_pipeline(M, models, cond, pipe):
     assert (img * 255).round().sub((ref * 255).round()).abs().max() <= 1
 
 
+def test_sampler_name_and_scheduler_run_the_core_sampler_standalone(M, models, cond, pipe):
+    dit, _, vae = models
+    lat = sample(M, dit, cond, empty(M), seed=42, steps=4, sampler_name="dpmpp_2m_sde", scheduler="karras")
+    img = M["ZImageVAEDecode"]().decode(vae, lat)[0]
+    ref = pipe.generate(PROMPT, width=64, height=48, steps=4, seed=42, sampler="dpmpp_2m_sde", scheduler="karras")
+    assert (img * 255).round().sub((ref * 255).round()).abs().max() <= 1
+
+
+def test_unknown_sampler_or_scheduler_names_the_value_and_the_choices(M, models, cond, errors):
+    with pytest.raises(errors.InputError, match="'bogus'.*res_multistep"):
+        sample(M, models[0], cond, empty(M), seed=1, steps=2, sampler_name="bogus")
+    with pytest.raises(errors.InputError, match="'nope'.*karras"):
+        sample(M, models[0], cond, empty(M), seed=1, steps=2, scheduler="nope")
+
+
 def test_comfy_denoise_sigmas(sampler_mod, errors):
     f = sampler_mod.comfy_denoise_sigmas
     torch.testing.assert_close(f(8, 3.0, 1.0), flow_sigmas(8, 3.0))

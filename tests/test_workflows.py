@@ -104,7 +104,7 @@ def test_frontend_widget_order(maps):
         return [w.name for w in ws.frontend_widgets(ws.node_spec(t, *maps))]
 
     assert names("ZImageSampler") == ["seed", "control_after_generate", "steps", "cfg", "shift", "denoise",
-                                      "cfg_truncation", "cfg_normalization"]
+                                      "cfg_truncation", "cfg_normalization", "sampler_name", "scheduler"]
     assert names("ZImagePromptEnhancer") == ["prompt", "preset", "seed", "control_after_generate", "max_new_tokens",
                                              "temperature", "system_prompt", "endpoint_url", "endpoint_model"]
     assert names("ZImageConditioningVariance") == ["strength", "until", "seed", "control_after_generate"]

@@ -253,7 +253,8 @@ def sampler(g: Graph, dit, pos, latent, col, seed=42, steps=8, cfg=1.0, denoise=
         inputs["negative"] = negative[0]
     return g.add("ZImageSampler", col, title,
                  {"seed": seed, "steps": steps, "cfg": cfg, "shift": 3.0, "denoise": denoise,
-                  "cfg_truncation": 1.0, "cfg_normalization": 0.0}, inputs, size=(340, 330), control=control)
+                  "cfg_truncation": 1.0, "cfg_normalization": 0.0, "sampler_name": "euler", "scheduler": "zimage"},
+                 inputs, size=(340, 380), control=control)
 
 
 def decode_save(g: Graph, vae, samp, col, prefix):

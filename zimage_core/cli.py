@@ -130,7 +130,8 @@ def cmd_generate(args) -> int:
     images = pipe.generate(
         args.prompt, args.negative_prompt, args.width, args.height, args.steps, args.cfg, args.shift, args.seed,
         args.batch, parse_sigmas(args.sigmas) if args.sigmas else None, image, args.denoise, mask,
-        args.cfg_truncation, args.cfg_normalization, ProgressBar(args.steps), controls=controls,
+        args.cfg_truncation, args.cfg_normalization, ProgressBar(args.steps), sampler=args.sampler,
+        scheduler=args.scheduler, controls=controls,
     )
     out = Path(args.out)
     for i, img in enumerate(images):
@@ -173,6 +174,9 @@ def _controls(args, image, mask) -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .samplers import SAMPLERS
+    from .schedules import DEFAULT_SCHEDULER, SCHEDULERS
+
     p = argparse.ArgumentParser(prog="python -m zimage_core", description="Z-Image / Z-Image-Turbo on PyTorch.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -190,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shift", type=float, default=3.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch", type=int, default=1)
+    g.add_argument("--sampler", default="euler", choices=list(SAMPLERS),
+                   help="sampling method (default euler, the reference Turbo sampler); same seed = same noise as ComfyUI")
+    g.add_argument("--scheduler", default=DEFAULT_SCHEDULER, choices=list(SCHEDULERS),
+                   help="noise schedule: zimage (the reference Turbo schedule, default) or one of ComfyUI's")
     g.add_argument("--sigmas", help="custom schedule, e.g. '1,0.9,0.75,0.5,0.3' (overrides --steps/--shift)")
     g.add_argument("--image", help="input image for image-to-image / inpainting")
     g.add_argument("--denoise", type=float, default=1.0, help="image-to-image strength (< 1 keeps more of --image)")

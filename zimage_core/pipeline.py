@@ -18,8 +18,8 @@ from .dit_loader import load_dit
 from .offload import blocks_to_keep, check_memory_preset, enable_block_offload, free_memory, module_bytes
 from .errors import InputError
 from .latent import LATENT_CHANNELS, SPATIAL_MULTIPLE, VAE_SCALE_FACTOR, to_model_space, to_vae_space
-from .sampling import Guidance, StepCallback, sample_euler
-from .schedules import check_sigmas, denoise_sigmas, flow_sigmas
+from .sampling import Guidance, StepCallback, sample
+from .schedules import DEFAULT_SCHEDULER, check_sigmas, denoise_sigmas, flow_sigmas, scheduler_sigmas
 from .text_encoder import TextEncoder, load_text_encoder
 from .transformer import ZImageDiT
 from .vae import FluxVAE, load_vae
@@ -126,6 +126,8 @@ class ZImagePipeline:
         cfg_normalization: float = 0.0,
         callback: StepCallback | None = None,
         tiled_decode: bool | None = None,
+        sampler: str = "euler",
+        scheduler: str = DEFAULT_SCHEDULER,
         controls: list[ControlImage] | None = None,
     ) -> torch.Tensor:
         """Text (and optionally an image and mask) to IMAGE [batch, height, width, 3].
@@ -134,6 +136,9 @@ class ZImagePipeline:
         it is resized to width x height. mask: [1 or batch, H, W] 0..1, 1 = regenerate.
         Image-to-image draws the VAE encoder's sample and then the noise from the seed's generator,
         exactly as diffusers' Z-Image img2img/inpaint pipelines do.
+        sampler / scheduler: names from `samplers.SAMPLERS` / `schedules.SCHEDULERS`; the default scheduler
+        "zimage" is the reference schedule (denoise as diffusers' strength), the others are ComfyUI's
+        (denoise as KSampler's).
         controls: ControlNets with their control images (see controlnet.ControlImage); their hints add up.
         """
         check_size(width, height)
@@ -141,11 +146,14 @@ class ZImagePipeline:
             raise InputError(f"batch must be at least 1 (got {batch}).")
         if mask is not None and image is None:
             raise InputError("a mask needs an input image (inpainting keeps the unmasked part of that image).")
-        sig = check_sigmas(sigmas) if sigmas is not None else flow_sigmas(steps, shift)
-        if denoise < 1.0:
-            if image is None:
-                raise InputError(f"denoise {denoise} < 1 needs an input image to start from.")
-            sig = denoise_sigmas(sig, denoise)
+        if denoise < 1.0 and image is None:
+            raise InputError(f"denoise {denoise} < 1 needs an input image to start from.")
+        if sigmas is None and scheduler != DEFAULT_SCHEDULER:
+            sig = scheduler_sigmas(scheduler, steps, shift, denoise, sampler)
+        else:
+            sig = check_sigmas(sigmas) if sigmas is not None else flow_sigmas(steps, shift)
+            if denoise < 1.0:
+                sig = denoise_sigmas(sig, denoise)
 
         dit = self.dit
         pos = dit.encode_context(self.encode_prompts([prompt]))
@@ -174,6 +182,6 @@ class ZImagePipeline:
             patch = ControlPatch([c.to_control(self.vae) for c in controls])
             patch.install(dit)
             step_controls = patch.step_controls
-        x = sample_euler(dit, noise, pos, sig, guidance, latent_image, noise_mask, callback,
-                         step_controls=step_controls)
+        x = sample(dit, noise, pos, sig, sampler, seed, shift, guidance, latent_image, noise_mask, callback,
+                   step_controls=step_controls)
         return decode(self.vae, to_vae_space(x).to(self.vae.device), tiled_decode)

@@ -1,4 +1,7 @@
-"""Flow-matching Euler sampling with optional CFG, image-to-image start and inpainting mask.
+"""Flow-matching sampling with optional CFG, image-to-image start and inpainting mask.
+
+`sample_euler` is the reference Turbo sampler (velocity Euler steps); `sample` runs any method of
+`samplers.SAMPLERS` through a `Denoiser` (x0 of the DiT with guidance, per-step controls and the mask).
 
 Everything here is in model space (see `latent.py`) and float32; the DiT is reached only through
 `ZImageDiT.velocity`, which owns the time/prediction convention.
@@ -106,3 +109,86 @@ def sample_euler(
         if callback is not None:
             callback(i, steps, x, x0)
     return x
+
+
+class Denoiser:
+    """x0(x, sigma) of the DiT: guidance, per-step controls and the inpainting mask applied.
+
+    The mask follows ComfyUI's rule: before the model the kept area is set to the image noised to sigma
+    (sigma * noise + (1 - sigma) * image), after it the kept area's x0 is the image itself.
+    """
+
+    def __init__(self, model: ZImageDiT, context: Context, guidance: Guidance | None, n_steps: int,
+                 step_controls: Callable[[int, float, int], dict] | None, noise: torch.Tensor,
+                 image: torch.Tensor | None, mask: torch.Tensor | None):
+        self.model, self.context, self.guidance, self.n_steps = model, context, guidance, n_steps
+        self.step_controls, self.noise, self.image, self.mask = step_controls, noise, image, mask
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, step: int) -> torch.Tensor:
+        s = float(sigma)
+        if self.mask is not None:
+            x = self.mask * x + (1.0 - self.mask) * initial_latent(self.noise, s, self.image)
+        B = x.shape[0]
+        sig = torch.full((B,), s, device=x.device)
+        controls = dict(self.step_controls(step, s, self.n_steps)) if self.step_controls is not None else {}
+        pos = controls.pop("context", None)
+        pos = self.context if pos is None else (pos(self.context) if callable(pos) else pos)
+        g = self.guidance
+        if g is not None and g.active(s):
+            ctx = (pos.repeat(B) if len(pos) == 1 else pos) + (
+                g.negative.repeat(B) if len(g.negative) == 1 else g.negative)
+            v_pos, v_neg = self.model.velocity(torch.cat([x, x]), torch.cat([sig, sig]), ctx, **controls).chunk(2)
+            v = g.combine(v_pos, v_neg)
+        else:
+            v = self.model.velocity(x, sig, pos, **controls)
+        x0 = x - sigma.to(x.device) * v
+        if self.mask is not None:
+            x0 = self.mask * x0 + (1.0 - self.mask) * self.image
+        return x0
+
+
+@torch.no_grad()
+def sample(
+    model: ZImageDiT,
+    noise: torch.Tensor,
+    context: Context,
+    sigmas: torch.Tensor,
+    sampler: str = "euler",
+    seed: int | None = None,
+    shift: float = 3.0,
+    guidance: Guidance | None = None,
+    latent_image: torch.Tensor | None = None,
+    noise_mask: torch.Tensor | None = None,
+    callback: StepCallback | None = None,
+    step_controls: Callable[[int, float, int], dict] | None = None,
+) -> torch.Tensor:
+    """Denoise from `sigmas[0]` to `sigmas[-1]` with the sampler named `sampler` (see `samplers.SAMPLERS`).
+
+    seed: the seed of the stochastic samplers' noise (ancestral / SDE), the same meaning as ComfyUI's KSampler
+    seed; shift: the schedule's time shift (SDE samplers start at its sigma of time 1 - 1e-4 rather than 1).
+    The other arguments are those of `sample_euler`; "euler" runs `sample_euler` itself.
+    """
+    from .samplers import SAMPLERS, SHIFT_AWARE, Noise
+
+    if sampler not in SAMPLERS:
+        raise InputError(f"unknown sampler '{sampler}'; choose one of: {', '.join(SAMPLERS)}.")
+    if sampler == "euler":
+        return sample_euler(model, noise, context, sigmas, guidance, latent_image, noise_mask, callback,
+                            step_controls)
+    if noise_mask is not None and latent_image is None:
+        raise InputError("an inpainting mask needs the input image latent to keep the unmasked area.")
+    device = model.x_pad_token.device
+    sigmas = sigmas.float().cpu()
+    noise = noise.to(device, torch.float32)
+    image = None if latent_image is None else latent_image.to(device, torch.float32)
+    mask = None if noise_mask is None else noise_mask.to(device, torch.float32)
+    steps = len(sigmas) - 1
+    denoise = Denoiser(model, context, guidance, steps, step_controls, noise, image, mask)
+    x = initial_latent(noise, float(sigmas[0]), image)
+
+    def on_step(i, x_i, x0):
+        if callback is not None:
+            callback(i, steps, x_i, x0)
+
+    kwargs = {"shift": shift} if sampler in SHIFT_AWARE else {}
+    return SAMPLERS[sampler](denoise, x, sigmas, Noise(x, sigmas, seed), on_step, **kwargs)
