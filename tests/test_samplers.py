@@ -21,7 +21,7 @@ from zimage_core.tiny.dit import TINY_DIT, random_dit_state
 from zimage_core.transformer import ZImageDiT
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
-pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH not set (ComfyUI is the oracle)")
+pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH not set (ComfyUI is the oracle)")]
 SHIFT = 3.0
 COMFY_SCHEDULERS = [n for n in SCHEDULERS if n != "zimage"]
 

@@ -7,39 +7,21 @@ Not compared: native KSampler on UNETLoader's MODEL; ComfyUI builds a Z-Image MO
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
-
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
-if not COMFYUI_PATH:
-    pytest.skip("COMFYUI_PATH not set: the real-ComfyUI sampler tests need a ComfyUI checkout",
-                allow_module_level=True)
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from comfyui_host import ComfyUIHost
 
 PROMPT = "a lighthouse on a cliff"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from zimage_core.tiny import make_tiny
-
-    paths = make_tiny(tmp_path_factory.mktemp("tiny"))
-    host = ComfyUIHost(COMFYUI_PATH)
-    host.start()
-    try:
-        host.put_model("diffusion_models", "z_image_tiny.safetensors", paths["dit"])
-        host.put_model("text_encoders", "qwen_3_4b_tiny.safetensors", paths["text_encoder"])
-        host.put_model("text_encoders", "tokenizer", paths["tokenizer"])
-        host.put_model("vae", "ae_tiny.safetensors", paths["vae"])
-        yield host, paths
-    finally:
-        host.stop()
+def server(comfyui_host, tiny):
+    """The session's ComfyUI server with the tiny models."""
+    comfyui_host.put_model("diffusion_models", "z_image_tiny.safetensors", tiny["dit"])
+    comfyui_host.put_model("text_encoders", "qwen_3_4b_tiny.safetensors", tiny["text_encoder"])
+    comfyui_host.put_model("text_encoders", "tokenizer", tiny["tokenizer"])
+    comfyui_host.put_model("vae", "ae_tiny.safetensors", tiny["vae"])
+    return comfyui_host, tiny
 
 
 def _graph(sampler_name, scheduler, seed=42, steps=4):

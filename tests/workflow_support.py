@@ -534,11 +534,21 @@ def load_pack():
                                                   submodule_search_locations=[str(REPO_ROOT)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[PACK_NAME] = module
+    # standalone, also when a test imported ComfyUI's modules in this process (in-process parity tests): the
+    # host adapter decides at import whether it runs inside ComfyUI
+    hidden = {m: sys.modules.get(m) for m in ("folder_paths", "comfy", "latent_preview")}
+    sys.modules.update(dict.fromkeys(hidden))
     try:
         spec.loader.exec_module(module)
     except BaseException:
         del sys.modules[PACK_NAME]
         raise
+    finally:
+        for m, mod in hidden.items():
+            if mod is None:
+                del sys.modules[m]
+            else:
+                sys.modules[m] = mod
     return module
 
 
