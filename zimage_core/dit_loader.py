@@ -6,6 +6,9 @@ Formats (detected from the keys):
 - diffusers: `all_x_embedder.2-1`, `to_q`/`to_k`/`to_v`, `to_out.0`, `norm_q`/`norm_k`,
   `all_final_layer.2-1`; a folder (`transformer/` or a whole model folder), sharded with an index, or one file.
 Stored dtypes fp32/bf16/fp16/fp8 (e4m3fn, e5m2, ComfyUI scaled fp8 with per-tensor `scale_weight`).
+- GGUF (`general.architecture` lumina2, ComfyUI-GGUF's converter: the native key names): the Linear
+  weights stay quantized (packed bytes, see `quant`) and are dequantized per layer on every forward;
+  quantized tensors that are not Linear weights (the pad tokens) are dequantized once at load.
 
 Sizes are inferred from shapes; the model is built on the meta device and its parameters are assigned
 from memory-mapped tensors (converted one tensor at a time when the storage dtype changes), so peak
@@ -23,6 +26,8 @@ import torch
 
 from .checkpoint import WeightSource, identify, strip_prefix, wrong_model_error
 from .errors import CheckpointError
+from .ops import Linear
+from .quant import QuantizedTensor
 from .transformer import DiTConfig, ZImageDiT
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -95,6 +100,8 @@ def _plan(src: WeightSource) -> _Plan:
 
     def dequantised(name: str) -> torch.Tensor:
         t = src.get(tensors[name])
+        if isinstance(t, QuantizedTensor):
+            return t.dequantize()
         return t.float() * scales[name] if name in scales else t
 
     sources, shapes, native_scales = {}, {}, {}
@@ -171,6 +178,18 @@ def default_dtypes(weight_dtype: str | torch.dtype, stored: torch.dtype, device:
     return storage, torch.bfloat16
 
 
+def open_dit_source(path: Path, mmap: bool = True):
+    """A WeightSource, or a GGUFSource for .gguf files (checked to hold a lumina2-family model)."""
+    if path.suffix.lower() != ".gguf":
+        return WeightSource(path, mmap=mmap)
+    from .gguf import DIT_ARCHS, GGUFSource, check_arch
+
+    src = GGUFSource(path, mmap=mmap)
+    check_arch(src, DIT_ARCHS, "a Z-Image DiT (e.g. z_image_turbo-Q8_0.gguf)",
+               {"qwen3": "a Qwen3 text encoder; load it with the ZImageTextEncoderLoader node"})
+    return src
+
+
 def load_dit(
     path: str | Path,
     weight_dtype: str | torch.dtype = "auto",
@@ -192,7 +211,7 @@ def load_dit(
     if path.is_dir() and (path / "transformer").is_dir():
         path = path / "transformer"
     compute_device = torch.device(compute_device or device)
-    src = WeightSource(path, mmap=mmap)
+    src = open_dit_source(path, mmap=mmap)
     plan = _plan(src)
     cfg = infer_config(plan.shapes, src.describe())
     device = torch.device(device)
@@ -219,11 +238,26 @@ def load_dit(
     fp8 = storage in FP8_DTYPES
     high = compute if compute == torch.float32 else torch.bfloat16
 
+    keep_stored = path.suffix.lower() == ".gguf" and weight_dtype == "auto"  # GGUF: F32 norms stay F32
+
     state = {}
     for name, make in plan.sources.items():
         t = make()
+        if isinstance(t, QuantizedTensor):
+            module_name, leaf = name.rsplit(".", 1)
+            module = model.get_submodule(module_name)
+            if leaf == "weight" and isinstance(module, Linear):  # kept packed, dequantized per forward
+                packed = t.packed.to(device)
+                module.weight = torch.nn.Parameter(packed, requires_grad=False)
+                module.quant = t.format
+                state[name] = packed
+                continue
+            t = t.dequantize(high)
         scale = plan.scales.get(name)
-        target = high if (fp8 and (_HIGH_PRECISION.search(name) or t.ndim < 2)) else storage
+        if keep_stored:
+            target = t.dtype
+        else:
+            target = high if (fp8 and (_HIGH_PRECISION.search(name) or t.ndim < 2)) else storage
         if scale is not None and not (t.dtype == target and fp8):
             t = t.float() * scale  # dequantise; kept scaled only when the fp8 storage is unchanged
             plan.scales.pop(name)

@@ -1,0 +1,210 @@
+"""Block-quantized weights kept in their stored form and dequantized per layer, per forward.
+
+GGML block types (the tensors of GGUF files): every type ComfyUI-GGUF dequantizes. Each function takes
+the packed blocks `[n_blocks, type_size]` (uint8, on any device) and returns `[n_blocks, block_size]`
+fp32 with exactly the arithmetic of the reference reader (`gguf.quants.dequantize`: fp16 scales widened to
+fp32, then the same products and differences in the same order), so the result is equal bit for bit.
+
+`GGMLWeight` describes one packed weight (type, logical torch shape); `ops.Linear` holds the packed
+bytes as its `weight` parameter and calls `dequantize` into the compute dtype on the compute device on
+every forward, so memory presets, block streaming and `.to(device)` move the quantized bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+QK_K = 256
+# type name -> (block_size, type_size), as ggml defines them (gguf.GGML_QUANT_SIZES)
+BLOCK_SIZES = {
+    "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34),
+    "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
+    "IQ4_NL": (32, 18), "IQ4_XS": (256, 136),
+}
+IQ4_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+
+
+def _f16(b: torch.Tensor) -> torch.Tensor:
+    """[n, 2] little-endian fp16 bytes -> [n, 1] fp32."""
+    return b.contiguous().view(torch.float16).float()
+
+
+def _shifts(values, device, shape) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.uint8, device=device).reshape(shape)
+
+
+def _nibbles(qs: torch.Tensor, group: int) -> torch.Tensor:
+    """[n, k*group] bytes -> [n, k, 2*group]: the low nibbles of each `group` bytes, then the high ones."""
+    n = qs.shape[0]
+    q = qs.reshape(n, -1, 1, group) >> _shifts((0, 4), qs.device, (1, 1, 2, 1))
+    return (q & 0x0F).reshape(n, -1, 2 * group)
+
+
+def _bits(b: torch.Tensor, group: int) -> torch.Tensor:
+    """[n, group] bytes -> [n, 8, group]: plane i holds bit i of every byte."""
+    n = b.shape[0]
+    return ((b.reshape(n, 1, group) >> _shifts(range(8), b.device, (1, 8, 1))) & 1)
+
+
+def _q4_0(b):
+    d = _f16(b[:, :2])
+    q = _nibbles(b[:, 2:], 16).reshape(b.shape[0], 32)
+    return d * (q.to(torch.int8) - 8).float()
+
+
+def _q4_1(b):
+    d, m = _f16(b[:, :2]), _f16(b[:, 2:4])
+    q = _nibbles(b[:, 4:], 16).reshape(b.shape[0], 32).float()
+    return d * q + m
+
+
+def _q5(b, off):
+    n = b.shape[0]
+    qh = _bits(b[:, off:off + 4], 4).permute(0, 2, 1).reshape(n, 32)  # bit i of the little-endian uint32
+    ql = _nibbles(b[:, off + 4:], 16).reshape(n, 32)
+    return ql | (qh << 4)
+
+
+def _q5_0(b):
+    return _f16(b[:, :2]) * (_q5(b, 2).to(torch.int8) - 16).float()
+
+
+def _q5_1(b):
+    d, m = _f16(b[:, :2]), _f16(b[:, 2:4])
+    return d * _q5(b, 4).float() + m
+
+
+def _q8_0(b):
+    return b[:, 2:].view(torch.int8).float() * _f16(b[:, :2])
+
+
+def _q2_k(b):
+    n = b.shape[0]
+    scales, qs = b[:, :16], b[:, 16:80]
+    d, dmin = _f16(b[:, 80:82]), _f16(b[:, 82:84])
+    dl = (d * (scales & 0xF).float()).reshape(n, 16, 1)
+    ml = (dmin * (scales >> 4).float()).reshape(n, 16, 1)
+    q = (qs.reshape(n, -1, 1, 32) >> _shifts((0, 2, 4, 6), b.device, (1, 1, 4, 1))) & 3
+    return (dl * q.reshape(n, 16, 16).float() - ml).reshape(n, QK_K)
+
+
+def _q3_k(b):
+    n = b.shape[0]
+    hmask, qs, scales, d = b[:, :32], b[:, 32:96], b[:, 96:108], _f16(b[:, 108:110])
+    lo = (scales[:, :8].reshape(n, 1, 8) >> _shifts((0, 4), b.device, (1, 2, 1))).reshape(n, 16)
+    hi = (scales[:, 8:].reshape(n, 1, 4) >> _shifts((0, 2, 4, 6), b.device, (1, 4, 1))).reshape(n, 16)
+    sc = ((lo & 0x0F) | ((hi & 0x03) << 4)).to(torch.int8) - 32
+    dl = (d * sc.float()).reshape(n, 16, 1)
+    ql = (qs.reshape(n, -1, 1, 32) >> _shifts((0, 2, 4, 6), b.device, (1, 1, 4, 1))).reshape(n, 16, 16) & 3
+    qh = _bits(hmask, 32).reshape(n, 16, 16) ^ 1  # the offset 4 applies where the mask bit is 0
+    q = ql.to(torch.int8) - (qh << 2).to(torch.int8)
+    return (dl * q.float()).reshape(n, QK_K)
+
+
+def _scale_min_k4(s: torch.Tensor):
+    """The 8 six-bit scales and mins packed in 12 bytes (Q4_K, Q5_K) -> two [n, 8] uint8."""
+    n = s.shape[0]
+    s = s.reshape(n, 3, 4)
+    d, m, md = s[:, 0], s[:, 1], s[:, 2]
+    sc = torch.cat([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], dim=-1)
+    mn = torch.cat([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], dim=-1)
+    return sc, mn
+
+
+def _q4_k(b):
+    n = b.shape[0]
+    d, dmin = _f16(b[:, :2]), _f16(b[:, 2:4])
+    sc, mn = _scale_min_k4(b[:, 4:16])
+    dl = (d * sc.float()).reshape(n, 8, 1)
+    ml = (dmin * mn.float()).reshape(n, 8, 1)
+    q = _nibbles(b[:, 16:], 32).reshape(n, 8, 32).float()
+    return (dl * q - ml).reshape(n, QK_K)
+
+
+def _q5_k(b):
+    n = b.shape[0]
+    d, dmin = _f16(b[:, :2]), _f16(b[:, 2:4])
+    sc, mn = _scale_min_k4(b[:, 4:16])
+    dl = (d * sc.float()).reshape(n, 8, 1)
+    ml = (dmin * mn.float()).reshape(n, 8, 1)
+    ql = _nibbles(b[:, 48:], 32).reshape(n, 8, 32)
+    qh = _bits(b[:, 16:48], 32)
+    q = (ql | (qh << 4)).float()
+    return (dl * q - ml).reshape(n, QK_K)
+
+
+def _q6_k(b):
+    n = b.shape[0]
+    ql, qh = b[:, :128], b[:, 128:192]
+    scales = b[:, 192:208].contiguous().view(torch.int8).float()
+    dl = (_f16(b[:, 208:210]) * scales).reshape(n, 16, 1)
+    lo = _nibbles(ql, 64).reshape(n, 8, 32)
+    hi = ((qh.reshape(n, -1, 1, 32) >> _shifts((0, 2, 4, 6), b.device, (1, 1, 4, 1))) & 3).reshape(n, 8, 32)
+    q = (lo | (hi << 4)).to(torch.int8) - 32
+    return (dl * q.reshape(n, 16, 16).float()).reshape(n, QK_K)
+
+
+def _iq4_table(device) -> torch.Tensor:
+    return torch.tensor(IQ4_VALUES, dtype=torch.float32, device=device)
+
+
+def _iq4_nl(b):
+    q = _nibbles(b[:, 2:], 16).reshape(b.shape[0], 32)
+    return _f16(b[:, :2]) * _iq4_table(b.device)[q.long()]
+
+
+def _iq4_xs(b):
+    n = b.shape[0]
+    d = _f16(b[:, :2])
+    sh = b[:, 2].int() | (b[:, 3].int() << 8)  # uint16 high bits of the 8 scales
+    sh = (sh.reshape(n, 1) >> torch.arange(0, 16, 2, device=b.device, dtype=torch.int32)) & 3
+    sl = (b[:, 4:8].reshape(n, 4, 1) >> _shifts((0, 4), b.device, (1, 1, 2))).reshape(n, 8) & 0x0F
+    sc = (sl | (sh.to(torch.uint8) << 4)).to(torch.int8) - 32
+    dl = (d * sc.float()).reshape(n, 8, 1)
+    q = _nibbles(b[:, 8:], 16).reshape(n, 8, 32)
+    return (dl * _iq4_table(b.device)[q.long()]).reshape(n, QK_K)
+
+
+DEQUANTIZE = {
+    "Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1, "Q8_0": _q8_0,
+    "Q2_K": _q2_k, "Q3_K": _q3_k, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k,
+    "IQ4_NL": _iq4_nl, "IQ4_XS": _iq4_xs,
+}
+
+
+def dequantize(packed: torch.Tensor, qtype: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32):
+    """Packed GGML blocks (uint8, rows of whole blocks) -> a `shape` tensor of `dtype` on packed's device."""
+    block, size = BLOCK_SIZES[qtype]
+    blocks = packed.reshape(-1, size)
+    return DEQUANTIZE[qtype](blocks).reshape(shape).to(dtype)
+
+
+@dataclass(frozen=True)
+class GGMLWeight:
+    """How a Linear's packed `weight` parameter ([out, in / block * type_size] uint8) becomes [out, in]."""
+
+    qtype: str
+    shape: tuple[int, ...]
+
+    def dequantize(self, packed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return dequantize(packed, self.qtype, self.shape, dtype)
+
+    def describe(self) -> str:
+        return f"GGUF {self.qtype}"
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """A packed tensor as read from a file (not yet placed in a module)."""
+
+    packed: torch.Tensor  # uint8 [rows, bytes per row], usually a view of the memory-mapped file
+    format: GGMLWeight
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.format.shape
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.format.dequantize(self.packed, dtype)

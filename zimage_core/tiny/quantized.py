@@ -1,0 +1,88 @@
+"""Tiny random Z-Image DiTs written as GGUF files (the layout of ComfyUI-GGUF's converter).
+
+Tensors are written with gguf's own writer under general.architecture `lumina2` and the native key
+names. Like the converter: 1-D and small tensors stay F32, rows that are not whole blocks fall back to
+F16. Types gguf can quantize (Q8_0, Q5_x, Q4_0/1, BF16) quantize the random float weights; the others
+(K-quants, IQ4) are random blocks (random bytes with finite fp16 scales sized to the weight's std), i.e.
+a random model whose weights are exactly representable in that type.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+
+from ..quant import BLOCK_SIZES, dequantize
+from ..transformer import DiTConfig
+from .dit import random_dit_state
+
+# a DiT (ffn = int(dim / 3 * 8) as diffusers derives it) whose main Linear rows are whole 256-element blocks (the K-quants' super-block), captions from
+# the tiny 64-wide text encoder
+TINY_QUANT_DIT = DiTConfig(dim=768, n_layers=1, n_refiner_layers=1, n_heads=12, ffn_dim=2048, cap_feat_dim=64)
+QUANT_TYPES = ("BF16", *BLOCK_SIZES)
+# byte offsets of the fp16 scale fields inside one block
+FP16_FIELDS = {
+    "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
+    "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
+    "IQ4_NL": (0,), "IQ4_XS": (0,),
+}
+SMALL = 1024  # tensors with at most this many elements stay F32 (as the converter's threshold)
+
+
+def random_blocks(qtype: str, shape: tuple[int, ...], rng: np.random.Generator, std: float = 1.0) -> np.ndarray:
+    """Random packed blocks of `qtype` for a tensor of `shape`, bytes shaped [..., row bytes]: every byte
+    random except the fp16 scales, which are finite, of random sign and sized so the values have ~`std`."""
+    block, size = BLOCK_SIZES[qtype]
+    n = int(np.prod(shape)) // block
+    b = rng.integers(0, 256, (n, size), dtype=np.uint8)
+    mags = rng.uniform(0.25, 1.0, (n, len(FP16_FIELDS[qtype]))) * rng.choice([-1.0, 1.0], (n, len(FP16_FIELDS[qtype])))
+
+    def set_scales(factor: float) -> None:
+        for i, off in enumerate(FP16_FIELDS[qtype]):
+            b[:, off:off + 2] = (mags[:, i] * factor).astype(np.float16).view(np.uint8).reshape(n, 2)
+
+    set_scales(1.0)
+    s = float(dequantize(torch.from_numpy(b), qtype, (n * block,)).std())
+    set_scales(std / s if s > 0 else 1.0)
+    return b.reshape(*shape[:-1], shape[-1] // block * size)
+
+
+def gguf_tensor(name: str, t: torch.Tensor, qtype: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """(array to write, GGUF type name) for one tensor, following the converter's rules."""
+    a = t.float().numpy()
+    if a.ndim == 1 or a.size <= SMALL:
+        return a, "F32"
+    block = BLOCK_SIZES.get(qtype, (1, 0))[0]
+    if a.shape[-1] % block:
+        return a.astype(np.float16), "F16"
+    try:
+        return gguf.quants.quantize(a, gguf.GGMLQuantizationType[qtype]), qtype
+    except NotImplementedError:  # no quantizer in gguf for this type: random blocks of the same size
+        return random_blocks(qtype, a.shape, rng, float(a.std())), qtype
+
+
+def write_gguf_dit(path: Path, state: dict[str, torch.Tensor], qtype: str, seed: int = 0) -> Path:
+    """Write a native-layout DiT state as a `lumina2` GGUF with the bulk in `qtype`."""
+    if qtype not in QUANT_TYPES:
+        raise ValueError(f"GGUF type '{qtype}' is not one of {', '.join(QUANT_TYPES)}.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), "lumina2")
+    for name, t in state.items():
+        data, typ = gguf_tensor(name, t, qtype, rng)
+        writer.add_tensor(name, data, raw_dtype=None if typ in ("F32", "F16") else gguf.GGMLQuantizationType[typ])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_tiny_gguf_dits(out_dir: Path, qtypes, cfg: DiTConfig = TINY_QUANT_DIT, seed: int = 0) -> dict[str, Path]:
+    """z_image_tiny-<TYPE>.gguf for each type, all from the same random float weights."""
+    state = random_dit_state(cfg, seed)
+    return {q: write_gguf_dit(Path(out_dir) / f"z_image_tiny-{q}.gguf", state, q, seed) for q in qtypes}
