@@ -92,7 +92,8 @@ def default_python(comfyui_path):
 
 class ComfyUIHost:
     def __init__(self, comfyui_path, python=None, pack_dir=REPO_ROOT, pack_name=DEFAULT_PACK_NAME,
-                 port=None, extra_args=(), startup_timeout=240.0, keep_base_dir=False, env=None):
+                 port=None, extra_args=(), startup_timeout=240.0, keep_base_dir=False, env=None,
+                 extra_custom_nodes=None):
         self.comfyui_path = os.path.abspath(comfyui_path)
         if not os.path.isfile(os.path.join(self.comfyui_path, "main.py")):
             raise ComfyUIError(f"no main.py in COMFYUI_PATH={self.comfyui_path}")
@@ -104,6 +105,8 @@ class ComfyUIHost:
         self.startup_timeout = startup_timeout
         self.keep_base_dir = keep_base_dir
         self.extra_env = dict(env or {})
+        # {folder name: path} of other custom node packs symlinked into <base>/custom_nodes (e.g. ComfyUI-GGUF)
+        self.extra_custom_nodes = dict(extra_custom_nodes or {})
         self.host = "127.0.0.1"
         self.base_dir = None
         self.log_path = None
@@ -177,6 +180,8 @@ class ComfyUIHost:
         if self.pack_dir:
             os.symlink(self.pack_dir, os.path.join(self.base_dir, "custom_nodes", self.pack_name),
                        target_is_directory=True)
+        for name, path in self.extra_custom_nodes.items():
+            os.symlink(os.path.abspath(path), os.path.join(self.base_dir, "custom_nodes", name), target_is_directory=True)
         self.log_path = os.path.join(self.base_dir, "comfyui.log")
 
     def command(self):

@@ -244,7 +244,7 @@ def load_dit(
     for name, make in plan.sources.items():
         t = make()
         if isinstance(t, QuantizedTensor):
-            module_name, leaf = name.rsplit(".", 1)
+            module_name, _, leaf = name.rpartition(".")
             module = model.get_submodule(module_name)
             if leaf == "weight" and isinstance(module, Linear):  # kept packed, dequantized per forward
                 packed = t.packed.to(device)

@@ -64,22 +64,60 @@ def gguf_tensor(name: str, t: torch.Tensor, qtype: str, rng: np.random.Generator
         return random_blocks(qtype, a.shape, rng, float(a.std())), qtype
 
 
-def write_gguf_dit(path: Path, state: dict[str, torch.Tensor], qtype: str, seed: int = 0) -> Path:
-    """Write a native-layout DiT state as a `lumina2` GGUF with the bulk in `qtype`."""
-    if qtype not in QUANT_TYPES:
-        raise ValueError(f"GGUF type '{qtype}' is not one of {', '.join(QUANT_TYPES)}.")
+def _write(path: Path, tensors, arch: str = "lumina2") -> Path:
+    """tensors: iterable of (name, array, GGUF type name)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    writer = gguf.GGUFWriter(str(path), "lumina2")
-    for name, t in state.items():
-        data, typ = gguf_tensor(name, t, qtype, rng)
+    writer = gguf.GGUFWriter(str(path), arch)
+    for name, data, typ in tensors:
         writer.add_tensor(name, data, raw_dtype=None if typ in ("F32", "F16") else gguf.GGMLQuantizationType[typ])
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def _check_type(qtype: str) -> None:
+    if qtype not in QUANT_TYPES:
+        raise ValueError(f"GGUF type '{qtype}' is not one of {', '.join(QUANT_TYPES)}.")
+
+
+def write_gguf_dit(path: Path, state: dict[str, torch.Tensor], qtype: str, seed: int = 0) -> Path:
+    """Write a native-layout DiT state as a `lumina2` GGUF with the bulk in `qtype`."""
+    _check_type(qtype)
+    rng = np.random.default_rng(seed)
+    return _write(path, ((name, *gguf_tensor(name, t, qtype, rng)) for name, t in state.items()))
+
+
+def write_random_gguf_dit(path: Path, cfg: DiTConfig, qtype: str, seed: int = 0) -> Path:
+    """A random DiT of any size straight in `qtype` (random blocks for the big matrices, never a float copy of
+    the whole model): for full-width (3840) test and benchmark files."""
+    _check_type(qtype)
+    from ..transformer import ZImageDiT
+
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in ZImageDiT(cfg).state_dict().items()}
+    rng = np.random.default_rng(seed)
+    block = BLOCK_SIZES.get(qtype, (1, 0))[0]
+
+    def tensors():
+        for name, shape in shapes.items():
+            n = int(np.prod(shape))
+            big = len(shape) == 2 and n > SMALL and "pad_token" not in name and shape[-1] % block == 0
+            if big and qtype != "BF16":
+                yield name, random_blocks(qtype, shape, rng, 0.5 / shape[1] ** 0.5), qtype
+                continue
+            g = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
+            if "norm" in name:
+                t = 1 + 0.1 * torch.randn(shape, generator=g)
+            elif len(shape) == 2 and "pad_token" not in name:
+                t = torch.randn(shape, generator=g) * (0.5 / shape[1] ** 0.5)
+            else:
+                t = 0.1 * torch.randn(shape, generator=g)
+            yield name, *gguf_tensor(name, t, qtype, rng)
+
+    return _write(path, tensors())
 
 
 def write_tiny_gguf_dits(out_dir: Path, qtypes, cfg: DiTConfig = TINY_QUANT_DIT, seed: int = 0) -> dict[str, Path]:

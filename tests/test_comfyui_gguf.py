@@ -1,0 +1,95 @@
+"""GGUF DiTs in a real ComfyUI with ComfyUI-GGUF installed: our loader lists the .gguf files and its image
+equals ComfyUI-GGUF's UnetLoaderGGUF + native KSampler on the same file (<= 1/255).
+
+ComfyUI detects Z-Image only at dim 3840 (and builds 2 + 2 refiner blocks), so the file is a full-width
+random DiT with one main layer, its big matrices random Q8_0 blocks (~1 GB). Both graphs share our text
+encoder (the tiny one: cap_feat_dim is read from the file) and VAE decode, so only the DiT path differs.
+Skipped unless COMFYUI_PATH is set and the ComfyUI-GGUF tarball is present.
+"""
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+GGUF_TARBALL = Path(os.environ.get("COMFYUI_GGUF_TARBALL", "/work/shared/comfyui/ComfyUI-GGUF.tar.gz"))
+if not COMFYUI_PATH or not GGUF_TARBALL.is_file():
+    pytest.skip("needs COMFYUI_PATH and the ComfyUI-GGUF tarball", allow_module_level=True)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from comfyui_host import REPO_ROOT, ComfyUIHost  # noqa: E402
+from PIL import Image  # noqa: E402
+
+PROMPT = "a red fox in the snow at sunrise"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from zimage_core.tiny import make_tiny
+    from zimage_core.tiny.quantized import write_random_gguf_dit
+    from zimage_core.transformer import DiTConfig
+
+    d = tmp_path_factory.mktemp("gguf_host")
+    with tarfile.open(GGUF_TARBALL) as tar:
+        tar.extractall(d / "nodes", filter="data")
+    pack = next(p for p in (d / "nodes").iterdir() if (p / "__init__.py").is_file())
+    cfg = DiTConfig(dim=3840, n_layers=1, n_refiner_layers=2, n_heads=30, ffn_dim=10240, cap_feat_dim=64)
+    dit = write_random_gguf_dit(d / "z_image_wide-Q8_0.gguf", cfg, "Q8_0", seed=1)
+    tiny = make_tiny(d / "tiny")
+    host = ComfyUIHost(COMFYUI_PATH, pack_dir=REPO_ROOT, extra_custom_nodes={"ComfyUI-GGUF": pack})
+    host.start()
+    try:
+        host.put_model("diffusion_models", "z_image_wide-Q8_0.gguf", dit)
+        host.put_model("text_encoders", "qwen_3_4b_tiny.safetensors", tiny["text_encoder"])
+        host.put_model("text_encoders", "tokenizer", tiny["tokenizer"])
+        host.put_model("vae", "ae_tiny.safetensors", tiny["vae"])
+        yield host
+    finally:
+        host.stop()
+
+
+def _common(seed, steps):
+    return {
+        "2": {"class_type": "ZImageTextEncoderLoader",
+              "inputs": {"text_encoder_name": "qwen_3_4b_tiny.safetensors", "dtype": "auto", "device": "default"}},
+        "3": {"class_type": "ZImageVAELoader", "inputs": {"vae_name": "ae_tiny.safetensors"}},
+        "4": {"class_type": "ZImageTextEncode", "inputs": {"text_encoder": ["2", 0], "text": PROMPT}},
+        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 1}},
+        "7": {"class_type": "ZImageVAEDecode", "inputs": {"vae": ["3", 0], "latent": ["6", 0]}},
+    }
+
+
+def _png(server, entry, node):
+    files = server.output_files(entry, node)
+    assert len(files) == 1, entry.get("outputs")
+    return np.asarray(Image.open(files[0]).convert("RGB")).astype(np.int16)
+
+
+def test_gguf_files_are_listed_and_our_image_equals_comfyui_gguf_with_native_sampling(server):
+    info = server.object_info()
+    assert "UnetLoaderGGUF" in info, server.log_tail()
+    assert "z_image_wide-Q8_0.gguf" in info["ZImageDiTLoader"]["input"]["required"]["dit_name"][0]
+    seed, steps = 5, 2
+    g = _common(seed, steps)
+    g.update({
+        "1": {"class_type": "ZImageDiTLoader", "inputs": {"dit_name": "z_image_wide-Q8_0.gguf", "weight_dtype": "auto"}},
+        "6": {"class_type": "ZImageSampler",
+              "inputs": {"dit": ["1", 0], "positive": ["4", 0], "latent": ["5", 0], "seed": seed, "steps": steps,
+                         "cfg": 1.0, "shift": 3.0, "denoise": 1.0}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "ours_gguf"}},
+        "11": {"class_type": "UnetLoaderGGUF", "inputs": {"unet_name": "z_image_wide-Q8_0.gguf"}},
+        "12": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["4", 0]}},
+        "16": {"class_type": "KSampler",
+               "inputs": {"model": ["11", 0], "seed": seed, "steps": steps, "cfg": 1.0, "sampler_name": "euler",
+                          "scheduler": "simple", "positive": ["4", 0], "negative": ["12", 0],
+                          "latent_image": ["5", 0], "denoise": 1.0}},
+        "17": {"class_type": "ZImageVAEDecode", "inputs": {"vae": ["3", 0], "latent": ["16", 0]}},
+        "18": {"class_type": "SaveImage", "inputs": {"images": ["17", 0], "filename_prefix": "native_gguf"}},
+    })
+    entry = server.run(g, timeout=900)
+    ours, native = _png(server, entry, "8"), _png(server, entry, "18")
+    assert native.std() > 5
+    assert np.abs(ours - native).max() <= 1
