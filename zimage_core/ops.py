@@ -73,3 +73,20 @@ class RMSNorm(nn.Module):
     def gated_residual(self, residual: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """residual + gate * norm(y), gate broadcasting over tokens."""
         return torch.addcmul(residual, self.normalized(y), self.weight.to(y.dtype) * gate)
+
+
+class Embedding(nn.Embedding):
+    """`nn.Embedding` whose table may be packed quantized rows (`quant` set): only the looked-up rows are
+    dequantized, into `compute_dtype`."""
+
+    quant = None
+    _compute_dtype: torch.dtype | None = None
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self._compute_dtype if self.quant is not None else self.weight.dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.quant is None:
+            return super().forward(ids)
+        return self.quant.dequantize_rows(F.embedding(ids, self.weight), self.compute_dtype)

@@ -191,6 +191,10 @@ class GGMLWeight:
     def dequantize(self, packed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return dequantize(packed, self.qtype, self.shape, dtype)
 
+    def dequantize_rows(self, packed_rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Some rows of the packed matrix ([..., row bytes], e.g. looked-up embeddings) -> [..., columns]."""
+        return dequantize(packed_rows, self.qtype, (*packed_rows.shape[:-1], self.shape[-1]), dtype)
+
     def describe(self) -> str:
         return f"GGUF {self.qtype}"
 

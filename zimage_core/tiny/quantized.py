@@ -2,7 +2,7 @@
 
 Tensors are written with gguf's own writer under general.architecture `lumina2` and the native key
 names. Like the converter: 1-D and small tensors stay F32, rows that are not whole blocks fall back to
-F16. Types gguf can quantize (Q8_0, Q5_x, Q4_0/1, BF16) quantize the random float weights; the others
+F16, tensors not named *weight (the pad tokens) are not quantized (as llama.cpp's quantize tool). Types gguf can quantize (Q8_0, Q5_x, Q4_0/1, BF16) quantize the random float weights; the others
 (K-quants, IQ4) are random blocks (random bytes with finite fp16 scales sized to the weight's std), i.e.
 a random model whose weights are exactly representable in that type.
 """
@@ -53,7 +53,7 @@ def random_blocks(qtype: str, shape: tuple[int, ...], rng: np.random.Generator, 
 def gguf_tensor(name: str, t: torch.Tensor, qtype: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     """(array to write, GGUF type name) for one tensor, following the converter's rules."""
     a = t.float().numpy()
-    if a.ndim == 1 or a.size <= SMALL:
+    if a.ndim == 1 or a.size <= SMALL or not name.endswith("weight"):  # llama.cpp quantizes only *weight
         return a, "F32"
     block = BLOCK_SIZES.get(qtype, (1, 0))[0]
     if a.shape[-1] % block:
@@ -64,11 +64,13 @@ def gguf_tensor(name: str, t: torch.Tensor, qtype: str, rng: np.random.Generator
         return random_blocks(qtype, a.shape, rng, float(a.std())), qtype
 
 
-def _write(path: Path, tensors, arch: str = "lumina2") -> Path:
-    """tensors: iterable of (name, array, GGUF type name)."""
+def _write(path: Path, tensors, arch: str = "lumina2", metadata=None) -> Path:
+    """tensors: iterable of (name, array, GGUF type name); metadata(writer) adds key/values."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), arch)
+    if metadata is not None:
+        metadata(writer)
     for name, data, typ in tensors:
         writer.add_tensor(name, data, raw_dtype=None if typ in ("F32", "F16") else gguf.GGMLQuantizationType[typ])
     writer.write_header_to_file()
@@ -104,7 +106,7 @@ def write_random_gguf_dit(path: Path, cfg: DiTConfig, qtype: str, seed: int = 0)
     def tensors():
         for name, shape in shapes.items():
             n = int(np.prod(shape))
-            big = len(shape) == 2 and n > SMALL and "pad_token" not in name and shape[-1] % block == 0
+            big = len(shape) == 2 and n > SMALL and name.endswith("weight") and shape[-1] % block == 0
             if big and qtype != "BF16":
                 yield name, random_blocks(qtype, shape, rng, 0.5 / shape[1] ** 0.5), qtype
                 continue
@@ -124,3 +126,43 @@ def write_tiny_gguf_dits(out_dir: Path, qtypes, cfg: DiTConfig = TINY_QUANT_DIT,
     """z_image_tiny-<TYPE>.gguf for each type, all from the same random float weights."""
     state = random_dit_state(cfg, seed)
     return {q: write_gguf_dit(Path(out_dir) / f"z_image_tiny-{q}.gguf", state, q, seed) for q in qtypes}
+
+
+def write_gguf_text_encoder(path: Path, single_file: Path, tokenizer_dir: Path | None, qtype: str, seed: int = 0) -> Path:
+    """A Qwen3 safetensors file (`model.` names) rewritten as a llama.cpp-style GGUF: architecture qwen3,
+    tensor names from gguf's own name table (token_embd, blk.N.attn_q, ...), the hyper-parameters and, when
+    `tokenizer_dir` is given, the vocabulary (tokenizer.ggml.tokens) as llama.cpp's converter stores them."""
+    from safetensors.torch import load_file
+
+    _check_type(qtype)
+    sd = {k.removeprefix("model."): v for k, v in load_file(str(single_file)).items()}
+    layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("layers."))
+    vocab, hidden = sd["embed_tokens.weight"].shape
+    head_dim = sd["layers.0.self_attn.q_norm.weight"].shape[0]
+    table = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, layers)
+    rng = np.random.default_rng(seed)
+
+    def metadata(w: gguf.GGUFWriter) -> None:
+        w.add_block_count(layers)
+        w.add_context_length(40960)
+        w.add_embedding_length(hidden)
+        w.add_feed_forward_length(sd["layers.0.mlp.gate_proj.weight"].shape[0])
+        w.add_head_count(sd["layers.0.self_attn.q_proj.weight"].shape[0] // head_dim)
+        w.add_head_count_kv(sd["layers.0.self_attn.k_proj.weight"].shape[0] // head_dim)
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        w.add_rope_freq_base(1e6)
+        w.add_layer_norm_rms_eps(1e-6)
+        w.add_vocab_size(vocab)
+        if tokenizer_dir is not None:
+            from tokenizers import Tokenizer
+
+            ids = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json")).get_vocab(with_added_tokens=True)
+            w.add_tokenizer_model("gpt2")
+            w.add_token_list([t for t, _ in sorted(ids.items(), key=lambda kv: kv[1])])
+
+    def tensors():
+        for k, t in sd.items():
+            yield table.get_name("model." + k, try_suffixes=(".weight",)), *gguf_tensor(k, t, qtype, rng)
+
+    return _write(path, tensors(), "qwen3", metadata)
