@@ -30,7 +30,7 @@ class Linear(nn.Linear):
 
     def compute_weight(self, dtype: torch.dtype) -> torch.Tensor:
         if self.quant is not None:
-            return self.quant.dequantize(self.weight, dtype)
+            return self.quant.dequantize(self.weight, dtype, self)
         w = self.weight.to(dtype)
         if self.scale_weight is not None:
             w = w * self.scale_weight.to(device=w.device, dtype=dtype)

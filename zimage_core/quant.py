@@ -188,7 +188,7 @@ class GGMLWeight:
     qtype: str
     shape: tuple[int, ...]
 
-    def dequantize(self, packed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def dequantize(self, packed: torch.Tensor, dtype: torch.dtype, module=None) -> torch.Tensor:
         return dequantize(packed, self.qtype, self.shape, dtype)
 
     def dequantize_rows(self, packed_rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -203,12 +203,75 @@ class GGMLWeight:
 class QuantizedTensor:
     """A packed tensor as read from a file (not yet placed in a module)."""
 
-    packed: torch.Tensor  # uint8 [rows, bytes per row], usually a view of the memory-mapped file
-    format: GGMLWeight
+    packed: torch.Tensor  # uint8 [rows, bytes per row] (or fp8), usually a view of the memory-mapped file
+    format: GGMLWeight | ComfyQuantWeight
+    scales: tuple[tuple[str, torch.Tensor], ...] = ()  # parameters the layer also holds (weight_scale, ...)
 
     @property
     def shape(self) -> tuple[int, ...]:
         return self.format.shape
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return self.format.dequantize(self.packed, dtype)
+        return self.format.dequantize(self.packed, dtype, _Scales(self.scales))
+
+
+class _Scales:
+    def __init__(self, scales):
+        self.__dict__.update(dict(scales))
+
+
+# ------------------------------------------------------------------------------ ComfyUI's comfy_quant layers
+# A layer `<name>` of a ComfyUI mixed-precision safetensors file has `<name>.comfy_quant` (uint8 JSON,
+# {"format": ...}) and its scales. The arithmetic below is comfy-kitchen's eager dequantization:
+#   float8_e4m3fn / float8_e5m2: weight.to(dtype) * weight_scale.to(dtype)        (per-tensor scale)
+#   nvfp4: two E2M1 values per byte (high nibble first), 16-wide blocks scaled by fp8 block scales
+#          (weight_scale, cuBLAS tiled layout) times the per-tensor weight_scale_2, in the output dtype
+#   mxfp8: fp8 e4m3 values in 32-wide blocks scaled by E8M0 (power of two) block scales (weight_scale,
+#          tiled layout), in fp32 then cast
+COMFY_QUANT_FORMATS = ("float8_e4m3fn", "float8_e5m2", "nvfp4", "mxfp8")
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+
+
+def from_blocked(blocked: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Scales in cuBLAS' tiled block-scaling layout (128 x 4 tiles, padded) -> plain [rows, cols]."""
+    rb, cb = -(-rows // 128), -(-cols // 4)
+    t = blocked.reshape(-1, 32, 4, 4).transpose(1, 2).reshape(rb, cb, 128, 4).permute(0, 2, 1, 3)
+    return t.reshape(rb * 128, cb * 4)[:rows, :cols]
+
+
+def _nvfp4(packed, dtype, shape, scale, block_scale):
+    rows = packed.shape[0]
+    lut = torch.tensor(E2M1_VALUES, dtype=dtype, device=packed.device)
+    q = torch.stack([packed >> 4, packed & 0x0F], dim=-1).reshape(rows, -1)  # high nibble first
+    vals = lut[q.long()].reshape(rows, -1, 16)
+    bs = from_blocked(block_scale, rows, q.shape[1] // 16)
+    total = scale.to(dtype) * bs.to(dtype)
+    return (vals * total.unsqueeze(-1)).reshape(rows, -1)[: shape[0], : shape[1]].to(dtype)
+
+
+def _mxfp8(packed, dtype, shape, block_scale):
+    rows, cols = packed.shape
+    bs = from_blocked(block_scale.view(torch.uint8), rows, cols // 32).to(torch.int32)
+    bs = torch.where(bs == 0, torch.zeros_like(bs), bs << 23).view(torch.float32)  # E8M0 -> fp32 (0 -> 0)
+    out = packed.to(torch.float32).reshape(rows, -1, 32) * bs.unsqueeze(-1)
+    return out.reshape(rows, cols)[: shape[0], : shape[1]].to(dtype)
+
+
+@dataclass(frozen=True)
+class ComfyQuantWeight:
+    """A comfy_quant layer: the Linear's `weight` holds the stored data, its `weight_scale` /
+    `weight_scale_2` parameters the scales (so they move and stream with the layer)."""
+
+    format: str
+    shape: tuple[int, ...]
+
+    def dequantize(self, packed: torch.Tensor, dtype: torch.dtype, module=None) -> torch.Tensor:
+        s1 = module.weight_scale
+        if self.format in ("float8_e4m3fn", "float8_e5m2"):
+            return packed.to(dtype) * s1.to(device=packed.device, dtype=dtype)
+        if self.format == "nvfp4":
+            return _nvfp4(packed, dtype, self.shape, module.weight_scale_2.to(packed.device), s1.to(packed.device))
+        return _mxfp8(packed, dtype, self.shape, s1.to(packed.device))
+
+    def describe(self) -> str:
+        return f"comfy_quant {self.format}"
