@@ -107,8 +107,9 @@ class ZImageTextEncoderLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "text_encoder_name": (host.model_names("text_encoders"), {
-                "tooltip": "The Qwen3 weights: a file in models/text_encoders (e.g. qwen_3_4b.safetensors), a Hugging "
-                           "Face text_encoder folder there, or a diffusers folder in models/diffusers."}),
+                "tooltip": "The Qwen3 weights: a file in models/text_encoders (e.g. qwen_3_4b.safetensors, or a "
+                           "llama.cpp .gguf from models/text_encoders or models/clip), a Hugging Face text_encoder "
+                           "folder there, or a diffusers folder in models/diffusers."}),
             "dtype": (["auto", *TE_DTYPES], {
                 "default": "auto",
                 "tooltip": "Compute dtype. auto: ComfyUI's text-encoder dtype on a GPU (usually bf16), fp32 on the CPU."}),

@@ -1,5 +1,6 @@
-"""GGUF DiTs in a real ComfyUI with ComfyUI-GGUF installed: our loader lists the .gguf files and its image
-equals ComfyUI-GGUF's UnetLoaderGGUF + native KSampler on the same file (<= 1/255).
+"""Quantized DiTs in a real ComfyUI with ComfyUI-GGUF installed: our loader lists the .gguf files and its
+image equals ComfyUI-GGUF's UnetLoaderGGUF + native KSampler on the same file (<= 1/255); a comfy_quant fp8
+file through ComfyUI's own UNETLoader + KSampler equals ours the same way.
 
 ComfyUI detects Z-Image only at dim 3840 (and builds 2 + 2 refiner blocks), so the file is a full-width
 random DiT with one main layer, its big matrices random Q8_0 blocks (~1 GB). Both graphs share our text
@@ -38,17 +39,48 @@ def server(tmp_path_factory):
     pack = next(p for p in (d / "nodes").iterdir() if (p / "__init__.py").is_file())
     cfg = DiTConfig(dim=3840, n_layers=1, n_refiner_layers=2, n_heads=30, ffn_dim=10240, cap_feat_dim=64)
     dit = write_random_gguf_dit(d / "z_image_wide-Q8_0.gguf", cfg, "Q8_0", seed=1)
+    cq = _write_comfy_quant_fp8(d / "z_image_wide_fp8_comfy_quant.safetensors", cfg)
     tiny = make_tiny(d / "tiny")
     host = ComfyUIHost(COMFYUI_PATH, pack_dir=REPO_ROOT, extra_custom_nodes={"ComfyUI-GGUF": pack})
     host.start()
     try:
         host.put_model("diffusion_models", "z_image_wide-Q8_0.gguf", dit)
+        host.put_model("diffusion_models", "z_image_wide_fp8_comfy_quant.safetensors", cq)
         host.put_model("text_encoders", "qwen_3_4b_tiny.safetensors", tiny["text_encoder"])
         host.put_model("text_encoders", "tokenizer", tiny["tokenizer"])
         host.put_model("vae", "ae_tiny.safetensors", tiny["vae"])
         yield host
     finally:
         host.stop()
+
+
+def _write_comfy_quant_fp8(path, cfg):
+    """A random DiT whose block matrices are comfy_quant float8_e4m3fn layers (weight + weight_scale)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from zimage_core.transformer import ZImageDiT
+
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in ZImageDiT(cfg).state_dict().items()}
+    g = torch.Generator().manual_seed(2)
+    sd = {}
+    for name, shape in shapes.items():
+        t = (1 + 0.1 * torch.randn(shape, generator=g)) if "norm" in name else (
+            torch.randn(shape, generator=g) * (0.5 / shape[-1] ** 0.5))
+        layer = name[: -len(".weight")]
+        if name.endswith(".weight") and len(shape) == 2 and layer.startswith(("layers.", "noise_refiner.", "context_refiner.")):
+            scale = (t.abs().amax() / 448).float()
+            sd[name] = (t / scale).to(torch.float8_e4m3fn)
+            sd[layer + ".weight_scale"] = scale
+            sd[layer + ".comfy_quant"] = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()),
+                                                      dtype=torch.uint8)
+        else:
+            sd[name] = t.to(torch.bfloat16)
+    save_file(sd, str(path))
+    return path
 
 
 def _common(seed, steps):
@@ -88,6 +120,30 @@ def test_gguf_files_are_listed_and_our_image_equals_comfyui_gguf_with_native_sam
                           "latent_image": ["5", 0], "denoise": 1.0}},
         "17": {"class_type": "ZImageVAEDecode", "inputs": {"vae": ["3", 0], "latent": ["16", 0]}},
         "18": {"class_type": "SaveImage", "inputs": {"images": ["17", 0], "filename_prefix": "native_gguf"}},
+    })
+    entry = server.run(g, timeout=900)
+    ours, native = _png(server, entry, "8"), _png(server, entry, "18")
+    assert native.std() > 5
+    assert np.abs(ours - native).max() <= 1
+
+
+def test_comfy_quant_fp8_file_native_unet_loader_equals_ours(server):
+    seed, steps, name = 9, 2, "z_image_wide_fp8_comfy_quant.safetensors"
+    g = _common(seed, steps)
+    g.update({
+        "1": {"class_type": "ZImageDiTLoader", "inputs": {"dit_name": name, "weight_dtype": "auto"}},
+        "6": {"class_type": "ZImageSampler",
+              "inputs": {"dit": ["1", 0], "positive": ["4", 0], "latent": ["5", 0], "seed": seed, "steps": steps,
+                         "cfg": 1.0, "shift": 3.0, "denoise": 1.0}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "ours_cq"}},
+        "11": {"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": "default"}},
+        "12": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["4", 0]}},
+        "16": {"class_type": "KSampler",
+               "inputs": {"model": ["11", 0], "seed": seed, "steps": steps, "cfg": 1.0, "sampler_name": "euler",
+                          "scheduler": "simple", "positive": ["4", 0], "negative": ["12", 0],
+                          "latent_image": ["5", 0], "denoise": 1.0}},
+        "17": {"class_type": "ZImageVAEDecode", "inputs": {"vae": ["3", 0], "latent": ["16", 0]}},
+        "18": {"class_type": "SaveImage", "inputs": {"images": ["17", 0], "filename_prefix": "native_cq"}},
     })
     entry = server.run(g, timeout=900)
     ours, native = _png(server, entry, "8"), _png(server, entry, "18")
