@@ -31,21 +31,26 @@ def _f16(b: torch.Tensor) -> torch.Tensor:
     return b.contiguous().view(torch.float16).float()
 
 
-def _shifts(values, device, shape) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.uint8, device=device).reshape(shape)
+def _shifted(x: torch.Tensor, shifts, dim: int) -> torch.Tensor:
+    """x >> s for each s, stacked along a new `dim` (scalar shifts: no constant tensor to copy to the device)."""
+    return torch.stack([x >> s for s in shifts], dim=dim)
 
 
 def _nibbles(qs: torch.Tensor, group: int) -> torch.Tensor:
     """[n, k*group] bytes -> [n, k, 2*group]: the low nibbles of each `group` bytes, then the high ones."""
     n = qs.shape[0]
-    q = qs.reshape(n, -1, 1, group) >> _shifts((0, 4), qs.device, (1, 1, 2, 1))
-    return (q & 0x0F).reshape(n, -1, 2 * group)
+    return (_shifted(qs.reshape(n, -1, group), (0, 4), 2) & 0x0F).reshape(n, -1, 2 * group)
+
+
+def _crumbs(qs: torch.Tensor) -> torch.Tensor:
+    """[n, k*32] bytes -> [n, k, 4, 32]: 2-bit fields 0..3 of each 32 bytes."""
+    n = qs.shape[0]
+    return _shifted(qs.reshape(n, -1, 32), (0, 2, 4, 6), 2) & 3
 
 
 def _bits(b: torch.Tensor, group: int) -> torch.Tensor:
     """[n, group] bytes -> [n, 8, group]: plane i holds bit i of every byte."""
-    n = b.shape[0]
-    return ((b.reshape(n, 1, group) >> _shifts(range(8), b.device, (1, 8, 1))) & 1)
+    return _shifted(b.reshape(b.shape[0], group), range(8), 1) & 1
 
 
 def _q4_0(b):
@@ -86,18 +91,17 @@ def _q2_k(b):
     d, dmin = _f16(b[:, 80:82]), _f16(b[:, 82:84])
     dl = (d * (scales & 0xF).float()).reshape(n, 16, 1)
     ml = (dmin * (scales >> 4).float()).reshape(n, 16, 1)
-    q = (qs.reshape(n, -1, 1, 32) >> _shifts((0, 2, 4, 6), b.device, (1, 1, 4, 1))) & 3
-    return (dl * q.reshape(n, 16, 16).float() - ml).reshape(n, QK_K)
+    return (dl * _crumbs(qs).reshape(n, 16, 16).float() - ml).reshape(n, QK_K)
 
 
 def _q3_k(b):
     n = b.shape[0]
     hmask, qs, scales, d = b[:, :32], b[:, 32:96], b[:, 96:108], _f16(b[:, 108:110])
-    lo = (scales[:, :8].reshape(n, 1, 8) >> _shifts((0, 4), b.device, (1, 2, 1))).reshape(n, 16)
-    hi = (scales[:, 8:].reshape(n, 1, 4) >> _shifts((0, 2, 4, 6), b.device, (1, 4, 1))).reshape(n, 16)
+    lo = _shifted(scales[:, :8], (0, 4), 1).reshape(n, 16)
+    hi = _shifted(scales[:, 8:], (0, 2, 4, 6), 1).reshape(n, 16)
     sc = ((lo & 0x0F) | ((hi & 0x03) << 4)).to(torch.int8) - 32
     dl = (d * sc.float()).reshape(n, 16, 1)
-    ql = (qs.reshape(n, -1, 1, 32) >> _shifts((0, 2, 4, 6), b.device, (1, 1, 4, 1))).reshape(n, 16, 16) & 3
+    ql = _crumbs(qs).reshape(n, 16, 16)
     qh = _bits(hmask, 32).reshape(n, 16, 16) ^ 1  # the offset 4 applies where the mask bit is 0
     q = ql.to(torch.int8) - (qh << 2).to(torch.int8)
     return (dl * q.float()).reshape(n, QK_K)
@@ -141,7 +145,7 @@ def _q6_k(b):
     scales = b[:, 192:208].contiguous().view(torch.int8).float()
     dl = (_f16(b[:, 208:210]) * scales).reshape(n, 16, 1)
     lo = _nibbles(ql, 64).reshape(n, 8, 32)
-    hi = ((qh.reshape(n, -1, 1, 32) >> _shifts((0, 2, 4, 6), b.device, (1, 1, 4, 1))) & 3).reshape(n, 8, 32)
+    hi = _crumbs(qh).reshape(n, 8, 32)
     q = (lo | (hi << 4)).to(torch.int8) - 32
     return (dl * q.reshape(n, 16, 16).float()).reshape(n, QK_K)
 
@@ -159,8 +163,8 @@ def _iq4_xs(b):
     n = b.shape[0]
     d = _f16(b[:, :2])
     sh = b[:, 2].int() | (b[:, 3].int() << 8)  # uint16 high bits of the 8 scales
-    sh = (sh.reshape(n, 1) >> torch.arange(0, 16, 2, device=b.device, dtype=torch.int32)) & 3
-    sl = (b[:, 4:8].reshape(n, 4, 1) >> _shifts((0, 4), b.device, (1, 1, 2))).reshape(n, 8) & 0x0F
+    sh = _shifted(sh, range(0, 16, 2), 1) & 3
+    sl = _shifted(b[:, 4:8], (0, 4), 2).reshape(n, 8) & 0x0F
     sc = (sl | (sh.to(torch.uint8) << 4)).to(torch.int8) - 32
     dl = (d * sc.float()).reshape(n, 8, 1)
     q = _nibbles(b[:, 8:], 16).reshape(n, 8, 32)
