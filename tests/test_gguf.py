@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from zimage_core.dit_loader import load_dit, native_to_diffusers
+from zimage_core.dit_loader import load_dit
 from zimage_core.errors import CheckpointError, InputError
 from zimage_core.lora import load_lora, merged_copy
 from zimage_core.offload import enable_block_offload, module_bytes
@@ -21,7 +21,7 @@ from zimage_core.pipeline import ZImagePipeline
 from zimage_core.quant import BLOCK_SIZES, dequantize
 from zimage_core.tiny import make_tiny
 from zimage_core.tiny.dit import random_dit_state, write_diffusers_folder
-from zimage_core.tiny.quantized import TINY_QUANT_DIT, random_blocks, write_gguf_dit, write_tiny_gguf_dits
+from zimage_core.tiny.quantized import TINY_QUANT_DIT, random_blocks, write_tiny_gguf_dits
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -75,7 +75,7 @@ def inputs(seed=0):
 @torch.no_grad()
 @pytest.mark.parametrize("qtype", E2E_TYPES)
 def test_gguf_image_equals_diffusers_fed_the_dequantized_weights(files, qtype, tmp_path):
-    d, tiny, ggufs = files
+    _, tiny, ggufs = files
     ref_dir = tmp_path / "Z-Image-GGUF"
     shutil.copytree(tiny["diffusers"], ref_dir, ignore=shutil.ignore_patterns("transformer"))
     write_diffusers_folder(dequantized_state(ggufs[qtype]), TINY_QUANT_DIT, ref_dir / "transformer")

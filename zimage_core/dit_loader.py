@@ -148,8 +148,8 @@ def _plan(src: WeightSource) -> _Plan:
             fmt, layer_scales = packed[name]
             rows, cols = shapes[native]
             shapes[native] = (rows, cols * 2 if fmt == "nvfp4" else cols)  # nvfp4: two values per byte
-            sources[native] = lambda key=key, f=ComfyQuantWeight(fmt, shapes[native]), sc=tuple(layer_scales.items()): (
-                QuantizedTensor(src.get(key), f, sc))
+            f, sc = ComfyQuantWeight(fmt, shapes[native]), tuple(layer_scales.items())
+            sources[native] = lambda key=key, f=f, sc=sc: QuantizedTensor(src.get(key), f, sc)
         if name in scales:
             native_scales[native] = scales[name]
     mixed = bool(comfy_quant) or not isinstance(src, WeightSource)

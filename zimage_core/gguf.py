@@ -24,7 +24,8 @@ PLAIN = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 SUPPORTED = (*PLAIN, *BLOCK_SIZES)
 # general.architecture of files that are not a Z-Image DiT / Qwen3 text encoder, in words
 OTHER_ARCHS = {
-    "flux": "a Flux DiT", "sd1": "a Stable Diffusion 1.x UNet", "sdxl": "an SDXL UNet", "sd3": "a Stable Diffusion 3 DiT",
+    "flux": "a Flux DiT", "sd1": "a Stable Diffusion 1.x UNet", "sdxl": "an SDXL UNet",
+    "sd3": "a Stable Diffusion 3 DiT",
     "aura": "an AuraFlow DiT", "hidream": "a HiDream DiT", "cosmos": "a Cosmos DiT", "ltxv": "an LTX-Video DiT",
     "hyvid": "a HunyuanVideo DiT", "wan": "a Wan video DiT", "qwen_image": "a Qwen-Image DiT",
     "t5": "a T5 text encoder", "t5encoder": "a T5 text encoder", "llama": "a Llama language model",
@@ -100,7 +101,8 @@ class GGUFSource:
             return raw.reshape(shape)
         block = BLOCK_SIZES[qtype][0]
         if len(shape) < 2 or shape[-1] % block:
-            raise CheckpointError(f"{self.path.name}: tensor '{key}' ({qtype}) has shape {shape}, not rows of whole blocks.")
+            raise CheckpointError(
+                f"{self.path.name}: tensor '{key}' ({qtype}) has shape {shape}, not rows of whole blocks.")
         return QuantizedTensor(raw.reshape(-1, raw.shape[-1]), GGMLWeight(qtype, shape))
 
     def describe(self) -> str:

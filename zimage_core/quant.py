@@ -180,8 +180,7 @@ DEQUANTIZE = {
 
 def dequantize(packed: torch.Tensor, qtype: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32):
     """Packed GGML blocks (uint8, rows of whole blocks) -> a `shape` tensor of `dtype` on packed's device."""
-    block, size = BLOCK_SIZES[qtype]
-    blocks = packed.reshape(-1, size)
+    blocks = packed.reshape(-1, BLOCK_SIZES[qtype][1])
     return DEQUANTIZE[qtype](blocks).reshape(shape).to(dtype)
 
 

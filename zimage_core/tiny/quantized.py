@@ -2,7 +2,8 @@
 
 Tensors are written with gguf's own writer under general.architecture `lumina2` and the native key
 names. Like the converter: 1-D and small tensors stay F32, rows that are not whole blocks fall back to
-F16, tensors not named *weight (the pad tokens) are not quantized (as llama.cpp's quantize tool). Types gguf can quantize (Q8_0, Q5_x, Q4_0/1, BF16) quantize the random float weights; the others
+F16, tensors not named *weight (the pad tokens) are not quantized (as llama.cpp's quantize tool). Types
+gguf can quantize (Q8_0, Q5_x, Q4_0/1, BF16) quantize the random float weights; the others
 (K-quants, IQ4) are random blocks (random bytes with finite fp16 scales sized to the weight's std), i.e.
 a random model whose weights are exactly representable in that type.
 """
@@ -19,8 +20,8 @@ from ..quant import BLOCK_SIZES, dequantize
 from ..transformer import DiTConfig
 from .dit import random_dit_state
 
-# a DiT (ffn = int(dim / 3 * 8) as diffusers derives it) whose main Linear rows are whole 256-element blocks (the K-quants' super-block), captions from
-# the tiny 64-wide text encoder
+# a DiT (ffn = int(dim / 3 * 8) as diffusers derives it) whose main Linear rows are whole 256-element
+# blocks (the K-quants' super-block), captions from the tiny 64-wide text encoder
 TINY_QUANT_DIT = DiTConfig(dim=768, n_layers=1, n_refiner_layers=1, n_heads=12, ffn_dim=2048, cap_feat_dim=64)
 QUANT_TYPES = ("BF16", *BLOCK_SIZES)
 # byte offsets of the fp16 scale fields inside one block
@@ -128,7 +129,8 @@ def write_tiny_gguf_dits(out_dir: Path, qtypes, cfg: DiTConfig = TINY_QUANT_DIT,
     return {q: write_gguf_dit(Path(out_dir) / f"z_image_tiny-{q}.gguf", state, q, seed) for q in qtypes}
 
 
-def write_gguf_text_encoder(path: Path, single_file: Path, tokenizer_dir: Path | None, qtype: str, seed: int = 0) -> Path:
+def write_gguf_text_encoder(path: Path, single_file: Path, tokenizer_dir: Path | None, qtype: str,
+                            seed: int = 0) -> Path:
     """A Qwen3 safetensors file (`model.` names) rewritten as a llama.cpp-style GGUF: architecture qwen3,
     tensor names from gguf's own name table (token_embd, blk.N.attn_q, ...), the hyper-parameters and, when
     `tokenizer_dir` is given, the vocabulary (tokenizer.ggml.tokens) as llama.cpp's converter stores them."""
