@@ -42,6 +42,9 @@ DIFFUSERS_PREFIX = "diffusers/"
 KINDS = ("diffusion_models", "text_encoders", "vae")
 # kinds whose entries may be model folders (config + safetensors) besides single files
 FOLDER_KINDS = ("text_encoders", "model_patches", "controlnet")
+# .gguf files: ComfyUI lists them only under the folder names ComfyUI-GGUF registers (same folders, .gguf
+# extension); without ComfyUI-GGUF our loaders look for .gguf files in the plain folders themselves.
+GGUF_KINDS = {"diffusion_models": "unet_gguf", "text_encoders": "clip_gguf"}
 
 
 # ------------------------------------------------------------------------------------------ model names
@@ -68,12 +71,31 @@ def _looks_like_model_folder(p: Path) -> bool:
         or any(p.glob("*/*.safetensors"))
 
 
+def _gguf_files(kind: str) -> dict[str, str]:
+    """{name: full path} of the .gguf files of a kind (empty for kinds without GGUF models)."""
+    gk = GGUF_KINDS.get(kind)
+    if gk is None:
+        return {}
+    if gk in folder_paths.folder_names_and_paths:
+        return {n: folder_paths.get_full_path(gk, n) for n in folder_paths.get_filename_list(gk)
+                if n.lower().endswith(".gguf")}
+    out: dict[str, str] = {}
+    for root in folder_paths.get_folder_paths(kind):
+        for dirpath, _, files in os.walk(root, followlinks=True):
+            for f in sorted(files):
+                if f.lower().endswith(".gguf"):
+                    full = os.path.join(dirpath, f)
+                    out.setdefault(os.path.relpath(full, root), full)
+    return out
+
+
 def model_names(kind: str) -> list[str]:
     """The names a loader of `kind` offers: files in ComfyUI's `kind` folders, model folders in them, and
     diffusers model folders under `models/diffusers` as "diffusers/<folder>". Empty outside ComfyUI."""
     if not IN_COMFYUI:
         return []
     names = list(folder_paths.get_filename_list(kind))
+    names += [n for n in sorted(_gguf_files(kind)) if n not in names]
     if kind == "text_encoders":  # Hugging Face text_encoder/ folders
         names += [n for n in _subfolders(kind) if n not in names]
     names += [DIFFUSERS_PREFIX + n for n in _subfolders("diffusers")]
@@ -123,6 +145,8 @@ def resolve(kind: str, name: str) -> Path:
                     return Path(root, folder)
     elif name in folder_paths.get_filename_list(kind):
         return Path(folder_paths.get_full_path_or_raise(kind, name))
+    elif name in (gguf := _gguf_files(kind)):
+        return Path(gguf[name])
     elif kind in FOLDER_KINDS and name in _subfolders(kind):
         for root in folder_paths.get_folder_paths(kind):
             if os.path.isdir(os.path.join(root, name)):

@@ -64,7 +64,8 @@ def load_dit_model(path, weight_dtype: str = "auto", memory: str = "auto") -> Pa
 
 class ZImageDiTLoader:
     DESCRIPTION = ("Loads a Z-Image / Z-Image-Turbo diffusion transformer (S3-DiT) from models/diffusion_models "
-                   "(ComfyUI single file, bf16/fp8/scaled fp8) or a diffusers model folder in models/diffusers.")
+                   "(ComfyUI single file, bf16/fp8/scaled fp8, or a GGUF file Q8_0 ... Q2_K kept quantized in memory) or a "
+                   "diffusers model folder in models/diffusers.")
     CATEGORY = "Z-Image/loaders"
     RETURN_TYPES = ("ZIMAGE_DIT",)
     RETURN_NAMES = ("dit",)
@@ -75,12 +76,12 @@ class ZImageDiTLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "dit_name": (host.model_names("diffusion_models"), {
-                "tooltip": "The DiT weights: a file in models/diffusion_models (e.g. z_image_turbo_bf16.safetensors) "
-                           "or a diffusers folder in models/diffusers (shown as diffusers/<folder>)."}),
+                "tooltip": "The DiT weights: a file in models/diffusion_models (e.g. z_image_turbo_bf16.safetensors, "
+                           "or a .gguf from models/diffusion_models or models/unet) or a diffusers folder in models/diffusers (shown as diffusers/<folder>)."}),
             "weight_dtype": (["auto", *WEIGHT_DTYPES], {
                 "default": "auto",
                 "tooltip": "Storage dtype of the weights. auto keeps the file's dtype (fp32 files become bf16 on a "
-                           "GPU); fp8 halves memory at a small quality cost."}),
+                           "GPU); fp8 halves memory at a small quality cost. GGUF weights always stay quantized."}),
         }, "optional": {
             "memory": (list(MEMORY_PRESETS), {
                 "default": "auto",
@@ -106,8 +107,9 @@ class ZImageTextEncoderLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "text_encoder_name": (host.model_names("text_encoders"), {
-                "tooltip": "The Qwen3 weights: a file in models/text_encoders (e.g. qwen_3_4b.safetensors), a Hugging "
-                           "Face text_encoder folder there, or a diffusers folder in models/diffusers."}),
+                "tooltip": "The Qwen3 weights: a file in models/text_encoders (e.g. qwen_3_4b.safetensors, or a "
+                           "llama.cpp .gguf from models/text_encoders or models/clip), a Hugging Face text_encoder "
+                           "folder there, or a diffusers folder in models/diffusers."}),
             "dtype": (["auto", *TE_DTYPES], {
                 "default": "auto",
                 "tooltip": "Compute dtype. auto: ComfyUI's text-encoder dtype on a GPU (usually bf16), fp32 on the CPU."}),

@@ -71,8 +71,8 @@ class WeightSource:
             )
         elif self.path.suffix.lower() == ".gguf":
             raise CheckpointError(
-                f"{self.path.name}: GGUF files are not supported by this loader yet; use a .safetensors file "
-                "(bf16, fp16 or fp8)."
+                f"{self.path.name}: a GGUF file; only the DiT and text-encoder loaders read GGUF. Use a "
+                ".safetensors file here."
             )
         else:
             self.files = [self.path]

@@ -91,6 +91,19 @@ def cmd_make_tiny(args) -> int:
     paths = make_tiny(Path(args.out), seed=args.seed)
     for k, p in paths.items():
         print(f"{k:13s} {p}")
+    if args.quant:
+        from .tiny.quantized import QUANT_TYPES, write_gguf_text_encoder, write_tiny_gguf_dits
+
+        qtypes = [q.strip().upper() for q in args.quant.split(",") if q.strip()]
+        bad = [q for q in qtypes if q not in QUANT_TYPES]
+        if bad:
+            raise ZImageError(f"--quant {', '.join(bad)}: not a GGUF type this pack writes ({', '.join(QUANT_TYPES)}).")
+        for q, p in write_tiny_gguf_dits(paths["dit"].parent, qtypes, seed=args.seed).items():
+            print(f"{'dit ' + q:13s} {p}")
+        for q in qtypes:
+            te = paths["text_encoder"]
+            p = write_gguf_text_encoder(te.with_name(f"{te.stem}-{q}.gguf"), te, paths["tokenizer"], q, args.seed)
+            print(f"{'te ' + q:13s} {p}")
     return 0
 
 
@@ -230,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("make-tiny", help="write tiny random models in the real file formats")
     t.add_argument("--out", required=True)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--quant", default="", help="also write GGUF DiTs of these types, e.g. Q8_0,Q4_K,Q6_K "
+                   "(diffusion_models/z_image_tiny-<TYPE>.gguf, a 768-wide tiny DiT so K-quant rows are whole blocks; "
+                   "text_encoders/qwen_3_4b_tiny-<TYPE>.gguf with llama.cpp names)")
     t.set_defaults(func=cmd_make_tiny)
     return p
 

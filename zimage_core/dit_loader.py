@@ -6,6 +6,12 @@ Formats (detected from the keys):
 - diffusers: `all_x_embedder.2-1`, `to_q`/`to_k`/`to_v`, `to_out.0`, `norm_q`/`norm_k`,
   `all_final_layer.2-1`; a folder (`transformer/` or a whole model folder), sharded with an index, or one file.
 Stored dtypes fp32/bf16/fp16/fp8 (e4m3fn, e5m2, ComfyUI scaled fp8 with per-tensor `scale_weight`).
+- ComfyUI mixed precision (`<layer>.comfy_quant` JSON + `weight_scale` [+ `weight_scale_2`], or the
+  `_quantization_metadata` header): float8_e4m3fn/e5m2 layers take the scaled-fp8 path, nvfp4/mxfp8 layers
+  stay packed with their scales as layer parameters (dequantized per forward as comfy-kitchen does).
+- GGUF (`general.architecture` lumina2, ComfyUI-GGUF's converter: the native key names): the Linear
+  weights stay quantized (packed bytes, see `quant`) and are dequantized per layer on every forward;
+  quantized tensors that are not Linear weights (the pad tokens) are dequantized once at load.
 
 Sizes are inferred from shapes; the model is built on the meta device and its parameters are assigned
 from memory-mapped tensors (converted one tensor at a time when the storage dtype changes), so peak
@@ -14,6 +20,7 @@ RAM stays near one copy of the weights.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +30,8 @@ import torch
 
 from .checkpoint import WeightSource, identify, strip_prefix, wrong_model_error
 from .errors import CheckpointError
+from .ops import Linear
+from .quant import COMFY_QUANT_FORMATS, ComfyQuantWeight, QuantizedTensor
 from .transformer import DiTConfig, ZImageDiT
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -78,6 +87,7 @@ class _Plan:
     scales: dict[str, torch.Tensor]  # native weight name -> fp8 scale_weight
     fmt: str
     prefix: str
+    mixed: bool = False  # per-layer storage formats (GGUF, comfy_quant): `auto` keeps every tensor as stored
 
 
 def _plan(src: WeightSource) -> _Plan:
@@ -90,11 +100,30 @@ def _plan(src: WeightSource) -> _Plan:
     fmt = "diffusers" if any(k.startswith("all_x_embedder.") or k.endswith(_QKV[0]) for k in names) else "native"
     # per-tensor fp8 scales; scale_input / scaled_fp8 only matter for fp8 matmuls, which we do not use
     scales = {n[: -len("scale_weight")] + "weight": src.get(k).float() for n, k in names.items() if n.endswith(".scale_weight")}
-    tensors = {n: k for n, k in names.items() if not n.endswith((".scale_weight", ".scale_input", ".input_scale"))}
+    packed = {}  # weight name -> (format, {scale name: tensor}) of nvfp4 / mxfp8 layers
+    comfy_quant = _comfy_quant_layers(src, names)
+    for layer, conf in comfy_quant.items():
+        fmt = conf.get("format")
+        if fmt not in COMFY_QUANT_FORMATS:
+            raise CheckpointError(f"{src.describe()}: layer '{layer}' has comfy_quant format {fmt!r}; supported: "
+                                  f"{', '.join(COMFY_QUANT_FORMATS)}.")
+        needed = ("weight_scale", "weight_scale_2") if fmt == "nvfp4" else ("weight_scale",)
+        missing = [f"{layer}.{n}" for n in needed if f"{layer}.{n}" not in names]
+        if missing or f"{layer}.weight" not in names:
+            raise CheckpointError(f"{src.describe()}: comfy_quant layer '{layer}' ({fmt}) needs "
+                                  f"{', '.join(missing or [layer + '.weight'])}, not in the file.")
+        if fmt.startswith("float8"):  # per-tensor fp8: the scaled-fp8 path (weight.to(dtype) * scale.to(dtype))
+            scales[f"{layer}.weight"] = src.get(names[f"{layer}.weight_scale"]).float()
+        else:
+            packed[f"{layer}.weight"] = (fmt, {n: src.get(names[f"{layer}.{n}"]) for n in needed})
+    tensors = {n: k for n, k in names.items() if not n.endswith(
+        (".scale_weight", ".scale_input", ".input_scale", ".comfy_quant", ".weight_scale", ".weight_scale_2"))}
     tensors.pop("scaled_fp8", None)
 
     def dequantised(name: str) -> torch.Tensor:
         t = src.get(tensors[name])
+        if isinstance(t, QuantizedTensor):
+            return t.dequantize()
         return t.float() * scales[name] if name in scales else t
 
     sources, shapes, native_scales = {}, {}, {}
@@ -115,9 +144,36 @@ def _plan(src: WeightSource) -> _Plan:
         native = diffusers_to_native_name(name)
         sources[native] = lambda key=key: src.get(key)
         shapes[native] = src.shape(key)
+        if name in packed:
+            fmt, layer_scales = packed[name]
+            rows, cols = shapes[native]
+            shapes[native] = (rows, cols * 2 if fmt == "nvfp4" else cols)  # nvfp4: two values per byte
+            f, sc = ComfyQuantWeight(fmt, shapes[native]), tuple(layer_scales.items())
+            sources[native] = lambda key=key, f=f, sc=sc: QuantizedTensor(src.get(key), f, sc)
         if name in scales:
             native_scales[native] = scales[name]
-    return _Plan(sources, shapes, native_scales, fmt, prefix)
+    mixed = bool(comfy_quant) or not isinstance(src, WeightSource)
+    return _Plan(sources, shapes, native_scales, fmt, prefix, mixed)
+
+
+def _comfy_quant_layers(src, names: dict[str, str]) -> dict[str, dict]:
+    """{layer: comfy_quant config} from `<layer>.comfy_quant` tensors (uint8 JSON) or the file's
+    `_quantization_metadata` (both as ComfyUI writes them)."""
+    layers = {}
+    for n, k in names.items():
+        if n.endswith(".comfy_quant"):
+            try:
+                layers[n[: -len(".comfy_quant")]] = json.loads(bytes(src.get(k).tolist()))
+            except ValueError as e:
+                raise CheckpointError(f"{src.describe()}: '{k}' is not valid comfy_quant JSON ({e}).") from None
+    meta = getattr(src, "metadata", {}).get("_quantization_metadata")
+    if meta:
+        try:
+            for layer, conf in json.loads(meta).get("layers", {}).items():
+                layers.setdefault(layer[len(strip_prefix([layer])):], conf)
+        except (ValueError, AttributeError) as e:
+            raise CheckpointError(f"{src.describe()}: unreadable _quantization_metadata ({e}).") from None
+    return layers
 
 
 def infer_config(shapes: dict[str, tuple[int, ...]], where: str = "checkpoint") -> DiTConfig:
@@ -171,6 +227,18 @@ def default_dtypes(weight_dtype: str | torch.dtype, stored: torch.dtype, device:
     return storage, torch.bfloat16
 
 
+def open_dit_source(path: Path, mmap: bool = True):
+    """A WeightSource, or a GGUFSource for .gguf files (checked to hold a lumina2-family model)."""
+    if path.suffix.lower() != ".gguf":
+        return WeightSource(path, mmap=mmap)
+    from .gguf import DIT_ARCHS, GGUFSource, check_arch
+
+    src = GGUFSource(path, mmap=mmap)
+    check_arch(src, DIT_ARCHS, "a Z-Image DiT (e.g. z_image_turbo-Q8_0.gguf)",
+               {"qwen3": "a Qwen3 text encoder; load it with the ZImageTextEncoderLoader node"})
+    return src
+
+
 def load_dit(
     path: str | Path,
     weight_dtype: str | torch.dtype = "auto",
@@ -192,7 +260,7 @@ def load_dit(
     if path.is_dir() and (path / "transformer").is_dir():
         path = path / "transformer"
     compute_device = torch.device(compute_device or device)
-    src = WeightSource(path, mmap=mmap)
+    src = open_dit_source(path, mmap=mmap)
     plan = _plan(src)
     cfg = infer_config(plan.shapes, src.describe())
     device = torch.device(device)
@@ -214,17 +282,38 @@ def load_dit(
         raise CheckpointError(f"{src.describe()}: not a complete Z-Image DiT ({plan.fmt} layout); " + "; ".join(parts))
 
     stored = src.dtype(plan.prefix + ("layers.0.feed_forward.w1.weight"))
+    if not stored.is_floating_point:  # packed (nvfp4) bulk: the other tensors keep the bf16 rules
+        stored = torch.bfloat16
     storage, compute = default_dtypes(weight_dtype, stored, compute_device)
     compute = compute_dtype or compute
     fp8 = storage in FP8_DTYPES
     high = compute if compute == torch.float32 else torch.bfloat16
 
+    keep_stored = plan.mixed and weight_dtype == "auto"  # e.g. GGUF F32 norms, comfy_quant fp8 layers
+
     state = {}
     for name, make in plan.sources.items():
         t = make()
+        if isinstance(t, QuantizedTensor):
+            module_name, _, leaf = name.rpartition(".")
+            module = model.get_submodule(module_name)
+            if leaf == "weight" and isinstance(module, Linear):  # kept packed, dequantized per forward
+                packed = t.packed.to(device)
+                module.weight = torch.nn.Parameter(packed, requires_grad=False)
+                module.quant = t.format
+                state[name] = packed
+                for scale_name, scale in t.scales:  # parameters, so they move and stream with the layer
+                    p = torch.nn.Parameter(scale.to(device), requires_grad=False)
+                    module.register_parameter(scale_name, p)
+                    state[f"{module_name}.{scale_name}"] = p.data
+                continue
+            t = t.dequantize(high)
         scale = plan.scales.get(name)
-        target = high if (fp8 and (_HIGH_PRECISION.search(name) or t.ndim < 2)) else storage
-        if scale is not None and not (t.dtype == target and fp8):
+        if keep_stored:
+            target = t.dtype
+        else:
+            target = high if (fp8 and (_HIGH_PRECISION.search(name) or t.ndim < 2)) else storage
+        if scale is not None and not (t.dtype == target and target in FP8_DTYPES):
             t = t.float() * scale  # dequantise; kept scaled only when the fp8 storage is unchanged
             plan.scales.pop(name)
         state[name] = t.to(device=device, dtype=target)

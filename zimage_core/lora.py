@@ -438,6 +438,10 @@ def load_lora(path: str | Path, dit: ZImageDiT | DiTConfig, strength: float = 1.
 # ------------------------------------------------------------------------------------------------ merging
 
 def _check_mergeable(m: Linear, name: str) -> None:
+    if m.quant is not None:
+        raise InputError(
+            f"cannot merge a LoRA into {name}: its weight is stored quantized ({m.quant.describe()}); use the "
+            "runtime patch (the default, computed on the dequantized weight in the activation dtype).")
     if m.weight.dtype in FP8_DTYPES or m.scale_weight is not None:
         raise InputError(
             f"cannot merge a LoRA into {name}: its weight is stored as fp8 ({m.weight.dtype}). Re-quantising the "

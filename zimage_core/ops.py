@@ -1,7 +1,8 @@
 """Layers whose stored weights may be in a lower precision than the computation.
 
 Weights can be stored as fp32, bf16, fp16 or fp8 (optionally with a per-tensor `scale_weight`, as in
-ComfyUI's scaled-fp8 files) and are cast to the activation dtype on use, one layer at a time. LoRA and
+ComfyUI's scaled-fp8 files), or as packed quantized blocks (GGUF Q8_0 ... IQ4_XS, see `quant`), and are
+cast/dequantized to the activation dtype on use, one layer at a time. LoRA and
 similar adapters attach as runtime `patches` that never modify the stored weight.
 """
 
@@ -17,15 +18,19 @@ class Linear(nn.Linear):
 
     `patches` is a list of callables `patch(x, y) -> y'`, applied in order after the base projection
     (a LoRA adds `scale * B(A(x))` to the rows it targets). `scale_weight`, when set, is the per-tensor
-    dequantisation factor of an fp8 weight.
+    dequantisation factor of an fp8 weight. `quant`, when set, says how the packed `weight` parameter
+    (quantized bytes, moved and streamed as they are) is dequantized (`quant.dequantize(weight, dtype)`).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.scale_weight: torch.Tensor | None = None
         self.patches: list = []
+        self.quant = None
 
     def compute_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        if self.quant is not None:
+            return self.quant.dequantize(self.weight, dtype, self)
         w = self.weight.to(dtype)
         if self.scale_weight is not None:
             w = w * self.scale_weight.to(device=w.device, dtype=dtype)
@@ -68,3 +73,20 @@ class RMSNorm(nn.Module):
     def gated_residual(self, residual: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """residual + gate * norm(y), gate broadcasting over tokens."""
         return torch.addcmul(residual, self.normalized(y), self.weight.to(y.dtype) * gate)
+
+
+class Embedding(nn.Embedding):
+    """`nn.Embedding` whose table may be packed quantized rows (`quant` set): only the looked-up rows are
+    dequantized, into `compute_dtype`."""
+
+    quant = None
+    _compute_dtype: torch.dtype | None = None
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self._compute_dtype if self.quant is not None else self.weight.dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.quant is None:
+            return super().forward(ids)
+        return self.quant.dequantize_rows(F.embedding(ids, self.weight), self.compute_dtype)

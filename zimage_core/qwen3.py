@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ops import Embedding, Linear
+
 
 @dataclass(frozen=True)
 class Qwen3Config:
@@ -80,10 +82,10 @@ class Qwen3Attention(nn.Module):
     def __init__(self, cfg: Qwen3Config):
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.q_proj = Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
         self.q_norm = Qwen3RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_norm = Qwen3RMSNorm(self.head_dim, cfg.rms_norm_eps)
 
@@ -115,9 +117,9 @@ class Qwen3Attention(nn.Module):
 class Qwen3MLP(nn.Module):
     def __init__(self, cfg: Qwen3Config):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -142,8 +144,8 @@ class Qwen3Model(nn.Module):
         self.config = cfg
         # weights always come from a checkpoint: `_weight` skips the random init, whose normal_ on the meta
         # device would import torch's Python decompositions (~1 s at first use)
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
-                                         _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size,
+                                      _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(Qwen3DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = Qwen3RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -174,14 +176,15 @@ class Qwen3LM(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = Qwen3Model(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def tie_weights(self) -> None:
         self.lm_head.weight = self.model.embed_tokens.weight
+        self.lm_head.quant = self.model.embed_tokens.quant
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        w = self.model.embed_tokens.weight
-        return KVCache(self.config, batch, max_len, w.dtype, w.device)
+        emb = self.model.embed_tokens
+        return KVCache(self.config, batch, max_len, emb.compute_dtype, emb.weight.device)
 
     def next_logits(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Feed input_ids [B, S] after the cache's positions; returns fp32 logits [B, vocab] of the last one."""

@@ -5,7 +5,9 @@ generation prompt (thinking enabled, so no empty think block), tokenized right-t
 run through the decoder layers 0..n-2 (the last layer and the final norm are never computed), and only the
 valid (non-pad) token features are returned, one (L_i, hidden) float32 tensor per prompt.
 
-Weights are read with `WeightSource` (safetensors only) into our own `Qwen3LM` (`qwen3.py`), built on the
+Weights are read with `WeightSource` (safetensors) or `gguf.GGUFSource` (llama.cpp GGUF: names mapped through
+gguf's own tensor-name tables, quantized matrices and the embedding kept packed and dequantized on use)
+into our own `Qwen3LM` (`qwen3.py`), built on the
 meta device from a config inferred from the weight shapes and filled with `assign=True`; the lm_head is
 tied to the embedding (one copy) so the same model can also generate text (prompt enhancer). The tokenizer
 runs on the `tokenizers` library (`tokenizer.py`); transformers is not needed at run time.
@@ -22,6 +24,8 @@ import torch
 
 from .checkpoint import WeightSource, identify, wrong_model_error
 from .errors import CheckpointError, ZImageError
+from .ops import Embedding, Linear
+from .quant import QuantizedTensor
 from .qwen3 import Qwen3Config, Qwen3LM
 from .tokenizer import TOKENIZER_HELP, QwenTokenizer, load_tokenizer
 
@@ -194,11 +198,28 @@ def _build_model(source: WeightSource, config: Qwen3Config, names: dict[str, str
     state = {}
     for full, short in names.items():
         t = source.get(full)
+        if isinstance(t, QuantizedTensor):  # GGUF: Linear weights and the embedding stay packed
+            module_name, _, leaf = ("model." + short).rpartition(".")
+            module = model.get_submodule(module_name)
+            if leaf == "weight" and isinstance(module, (Linear, Embedding)):
+                packed = t.packed.to(device)
+                module.weight = torch.nn.Parameter(packed, requires_grad=False)
+                module.quant = t.format
+                module._compute_dtype = dtype
+                state["model." + short] = packed
+                continue
+            t = t.dequantize(dtype)
         if not t.is_floating_point():
             raise CheckpointError(f"{source.describe()}: tensor '{full}' has dtype {t.dtype}, expected floating point.")
         state["model." + short] = t.to(device=device, dtype=dtype)
     if head_key is not None:
-        state["lm_head.weight"] = source.get(head_key).to(device=device, dtype=dtype)
+        head = source.get(head_key)
+        if isinstance(head, QuantizedTensor):
+            model.lm_head.weight = torch.nn.Parameter(head.packed.to(device), requires_grad=False)
+            model.lm_head.quant = head.format
+            state["lm_head.weight"] = model.lm_head.weight.data
+        else:
+            state["lm_head.weight"] = head.to(device=device, dtype=dtype)
     try:
         result = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:  # shape mismatches between layers
@@ -258,17 +279,91 @@ def load_text_encoder(path, dtype: torch.dtype = torch.float32, device="cpu", to
     whole diffusers model folder, plus its tokenizer (see `resolve_tokenizer_dir`)."""
     path = Path(path)
     location = _weights_location(path)
-    source = WeightSource(location)
-    config_dir = location if location.is_dir() else location.parent
-    extra = _read_config_json(config_dir) if (config_dir / "config.json").is_file() and (
-        location.is_dir() or config_dir.name == "text_encoder") else {}
+    if location.suffix.lower() == ".gguf":
+        source, extra = _gguf_source(location)
+    else:
+        source = WeightSource(location)
+        config_dir = location if location.is_dir() else location.parent
+        extra = _read_config_json(config_dir) if (config_dir / "config.json").is_file() and (
+            location.is_dir() or config_dir.name == "text_encoder") else {}
     config, names, head_key = _plan(source, extra)  # wrong/incomplete files fail before anything is read
     tok_dir = resolve_tokenizer_dir(path, tokenizer_path, fallback_dirs)
     model = _build_model(source, config, names, head_key, dtype, device)
     tokenizer = load_tokenizer(tok_dir)
+    if isinstance(source, _RenamedSource):
+        _check_gguf_tokenizer(source, tokenizer, tok_dir)
     if len(tokenizer) > model.config.vocab_size:
         raise CheckpointError(
             f"{source.describe()}: the tokenizer in {tok_dir} has {len(tokenizer)} tokens but the model's embedding "
             f"has only {model.config.vocab_size} rows; this tokenizer does not belong to this text encoder."
         )
     return TextEncoder(model, tokenizer, dtype, device)
+
+
+# -------------------------------------------------------------------------------------------------- GGUF
+
+class _RenamedSource:
+    """A GGUFSource seen under Hugging Face names (`model.layers.0.self_attn.q_proj.weight`, ...)."""
+
+    def __init__(self, src, to_gguf: dict[str, str]):
+        self.src, self.to_gguf = src, to_gguf
+
+    def keys(self) -> list[str]:
+        return list(self.to_gguf)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.src.shape(self.to_gguf[key])
+
+    def get(self, key: str):
+        return self.src.get(self.to_gguf[key])
+
+    def describe(self) -> str:
+        return self.src.describe()
+
+
+def _gguf_source(path: Path) -> tuple[_RenamedSource, dict]:
+    """A llama.cpp Qwen3 GGUF under Hugging Face names, mapped through gguf's own tensor-name table for
+    the qwen3 architecture (every name of the file must map), and rope/eps from the file's metadata."""
+    import gguf as gguf_lib
+
+    from .gguf import TEXT_ENCODER_ARCHS, GGUFSource, check_arch
+
+    src = GGUFSource(path)
+    check_arch(src, TEXT_ENCODER_ARCHS, WANTED.replace(".safetensors", ".safetensors or Qwen3-4B-Q8_0.gguf"),
+               {"lumina2": "a Z-Image DiT; load it with the ZImageDiTLoader node"})
+    n_layers = 1 + max((int(k.split(".")[1]) for k in src.keys() if k.startswith("blk.")), default=-1)
+    table = gguf_lib.get_tensor_name_map(gguf_lib.MODEL_ARCH.QWEN3, n_layers)
+    hf = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"] + [
+        f"model.layers.{i}.{p}" for i in range(n_layers) for p in LAYER_PARAMS]
+    from_hf = {table.get_name(k, try_suffixes=(".weight",)): k for k in hf}
+    unknown = [k for k in src.keys() if k not in from_hf]
+    if src.arch is None or unknown:
+        ident = identify([from_hf.get(k, k) for k in src.keys()])
+        if ident.kind != "text_encoder":
+            raise wrong_model_error(src, WANTED, ident)
+        raise CheckpointError(f"{src.describe()}: {len(unknown)} tensor name(s) that a llama.cpp Qwen3 does not have: "
+                              f"{', '.join(unknown[:5])}.")
+    extra = {}
+    theta = src.field(f"{src.arch}.rope.freq_base")
+    eps = src.field(f"{src.arch}.attention.layer_norm_rms_epsilon")
+    if theta is not None:
+        extra["rope_theta"] = theta
+    if eps is not None:
+        extra["rms_norm_eps"] = eps
+    return _RenamedSource(src, {from_hf[k]: k for k in src.keys()}), extra
+
+
+def _check_gguf_tokenizer(source: _RenamedSource, tokenizer: QwenTokenizer, tok_dir: Path) -> None:
+    """When the GGUF stores its vocabulary (tokenizer.ggml.tokens), the tokenizer used must map every one of
+    those tokens to the same id."""
+    tokens = source.src.field("tokenizer.ggml.tokens")
+    if not tokens:
+        return
+    wrong = [(i, t) for i, t in enumerate(tokens) if tokenizer.token_to_id(t) not in (i, None)]
+    missing = [(i, t) for i, t in enumerate(tokens) if tokenizer.token_to_id(t) is None]
+    if wrong or missing:
+        i, t = (wrong or missing)[0]
+        raise CheckpointError(
+            f"{source.describe()}: the tokenizer in {tok_dir} does not match the vocabulary stored in the GGUF "
+            f"({len(wrong)} token(s) with another id, {len(missing)} missing; e.g. token {i} {t!r}). Use the "
+            "tokenizer of this model.")
