@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES = ("loaders", "conditioning", "latent", "sampler", "vae", "lora", "adaln", "prompt_enhancer", "speed")
+_MODULES = ("loaders", "conditioning", "latent", "sampler", "vae", "lora", "adaln", "prompt_enhancer", "speed", "bridge")
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

@@ -248,3 +248,16 @@ class Progress:
 
 def progress(total: int, device: torch.device | None = None) -> Progress:
     return Progress(total, device)
+
+
+# ------------------------------------------------------------------------------------------- MODEL bridge
+
+def as_comfy_model(patched):
+    """Our DiT (a PatchedDiT with its runtime patches) as a ComfyUI MODEL; see host_model.py."""
+    if not IN_COMFYUI:
+        raise InputError("a ComfyUI MODEL can only be made inside ComfyUI; outside it use the ZIMAGE_DIT with "
+                         "ZImageSampler.")
+    from . import host_model
+
+    load, offload = devices("dit")
+    return host_model.as_model(patched, load, offload)

@@ -36,6 +36,12 @@ T_SCALE = 1000.0  # the network multiplies its time input t in [0, 1] by this
 # stage 'noise_refiner' or 'layers' before it is split into (scale_msa, gate_msa, scale_mlp, gate_mlp).
 ModHook = Callable[[str, int, torch.Tensor], torch.Tensor]
 
+# block_hook(stage, index, x, x_input=..., n_img=..., vec=..., rot=...) -> x: runs after block `index` of
+# stage 'noise_refiner' (x: image tokens [B, Np, dim]) or 'layers' (x: [B, Np + Lp, dim], the image run
+# first, n_img = Np of it); x_input is the stage's input, vec the adaLN input [B, adaln_dim], rot the
+# rotary table of x. Used by host adapters that forward another framework's block patches.
+BlockHook = Callable[..., torch.Tensor]
+
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -266,12 +272,14 @@ class ZImageDiT(nn.Module):
         context: Context | list[torch.Tensor],
         mod_hook: ModHook | None = None,
         adaln_t: torch.Tensor | None = None,
+        block_hook: BlockHook | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Network output (x0 - noise) for latents x at model time t = 1 - sigma.
 
         x: [B, 16, H, W] or a list of [16, H, W] / [16, 1, H, W] (sizes may differ); t: [B] in [0, 1];
         context: `encode_context(...)` or a list of caption features, one per sample (or one for all).
         adaln_t: a different time for the adaLN conditioning only (adaLN controls); default t.
+        block_hook: see `BlockHook` (the image runs of all samples must then have one length).
         Returns float32 in the layout of x.
         """
         cfg, dtype = self.cfg, self.compute_dtype
@@ -305,14 +313,22 @@ class ZImageDiT(nn.Module):
         img_rope = [self.image_rope(len(ct), h, w, device) for ct, (h, w) in zip(context.tokens, sizes)]
 
         u, rot, mask = _batch(img, img_rope)
+        if block_hook is not None and len({len(r) for r in img}) > 1:
+            raise InputError("block patches need latents of one size in a batch.")
+        u_input = u
         for i, blk in enumerate(self.noise_refiner):
             u = blk(u, mask, rot, c, mod_hook and (lambda m, i=i: mod_hook("noise_refiner", i, m)))
+            if block_hook is not None:
+                u = block_hook("noise_refiner", i, u, x_input=u_input, n_img=u.shape[1], vec=c, rot=rot)
 
         # unified sequence: [image run, caption run] per sample
         seq = [torch.cat([u[b, : len(img[b])], context.tokens[b].to(dtype)]) for b in range(B)]
         u, rot, mask = _batch(seq, [torch.cat([img_rope[b], context.rot[b]]) for b in range(B)])
+        u_input = u
         for i, blk in enumerate(self.layers):
             u = blk(u, mask, rot, c, mod_hook and (lambda m, i=i: mod_hook("layers", i, m)))
+            if block_hook is not None:
+                u = block_hook("layers", i, u, x_input=u_input, n_img=len(img[0]), vec=c, rot=rot)
         u = self.final_layer(u, c)
 
         out = []
