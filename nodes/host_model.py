@@ -7,7 +7,10 @@ the DiT's own submodules and parameters under the same names, so the state-dict 
 ("diffusion_model.layers.0.attention.qkv.weight") and ComfyUI's LoRA key map, weight patches and device
 moves act on the very tensors our DiT computes with.
 
-Per call the adapter installs our runtime patches (LoRA, adaLN, ...) of the PatchedDiT it was made from,
+There is one ModelPatcher per loaded DiT; every conversion returns a clone of it, so ComfyUI knows they
+share weights (its own weight patches, e.g. from LoraLoaderModelOnly, are applied and restored per clone).
+Our runtime patches travel in the clone's transformer_options (`PATCHED_KEY`). Per call the adapter
+installs those patches (LoRA, adaLN, ...),
 works out the step from ComfyUI's `transformer_options` (sample_sigmas, sigmas) for step-dependent
 controls, and forwards ComfyUI's Lumina2 block patches ('noise_refiner', 'double_block') through the
 DiT's block hook with the dictionary keys NextDiT passes.
@@ -22,11 +25,15 @@ import comfy.model_base  # type: ignore
 import comfy.model_patcher  # type: ignore
 import comfy.supported_models  # type: ignore
 
+import weakref
+
 from ..zimage_core.errors import InputError
 from ..zimage_core.patching import PatchedDiT
 
 # Lumina2 block patch points our DiT honours (comfy/ldm/lumina/model.py calls them after each block).
 SUPPORTED_PATCHES = ("noise_refiner", "double_block")
+PATCHED_KEY = "zimage_patched_dit"  # transformer_options entry: the PatchedDiT whose runtime patches apply
+_PATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # ZImageDiT -> its ModelPatcher
 
 
 def _step_of(transformer_options: dict) -> tuple[int, float | None, int]:
@@ -45,20 +52,19 @@ def _step_of(transformer_options: dict) -> tuple[int, float | None, int]:
 class NextDiTAdapter(nn.Module):
     """NextDiT's forward(x, timesteps, context, num_tokens, attention_mask, transformer_options) over our DiT."""
 
-    def __init__(self, patched: PatchedDiT):
+    def __init__(self, dit):
         super().__init__()
-        dit = patched.dit
         for name, child in dit.named_children():
             self.add_module(name, child)
         for name, p in dit.named_parameters(recurse=False):
             self.register_parameter(name, p)
-        object.__setattr__(self, "patched", patched)  # not a submodule: its children are ours already
+        object.__setattr__(self, "dit", dit)  # not a submodule: its children are ours already
         self.dtype = dit.compute_dtype
 
     def forward(self, x, timesteps, context, num_tokens=None, attention_mask=None, transformer_options={},
                 **kwargs):
-        patched = self.patched
-        dit = patched.dit
+        dit = self.dit
+        patched = transformer_options.get(PATCHED_KEY) or PatchedDiT(dit)
         for key in ("ref_latents", "siglip_feats"):
             if kwargs.get(key):
                 raise InputError(f"Z-Image MODEL: '{key}' (Z-Image Omni / edit conditioning) is not supported by "
@@ -118,6 +124,7 @@ def model_config(dit):
     cfg = dit.cfg
     unet_config = {"image_model": "lumina2", "dim": cfg.dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
                    "in_channels": cfg.in_channels, "cap_feat_dim": cfg.cap_feat_dim, "z_image_modulation": True,
+                   "n_refiner_layers": cfg.n_refiner_layers,
                    "disable_unet_model_creation": True}
     mc = comfy.supported_models.ZImage(unet_config)
     mc.set_inference_dtype(dit.compute_dtype, None)
@@ -125,8 +132,17 @@ def model_config(dit):
 
 
 def as_model(patched: PatchedDiT, load_device: torch.device, offload_device: torch.device):
-    """A ComfyUI MODEL (ModelPatcher) running `patched` (its DiT and runtime patches)."""
-    base = comfy.model_base.Lumina2(model_config(patched.dit), device=offload_device)
-    base.diffusion_model = NextDiTAdapter(patched)
-    base.eval()
-    return comfy.model_patcher.ModelPatcher(base, load_device=load_device, offload_device=offload_device)
+    """A ComfyUI MODEL (a clone of the DiT's one ModelPatcher) running `patched`'s runtime patches."""
+    dit = patched.dit
+    root = _PATCHERS.get(dit)
+    if root is None:
+        base = comfy.model_base.Lumina2(model_config(dit), device=offload_device)
+        base.diffusion_model = NextDiTAdapter(dit)
+        base.eval()
+        root = comfy.model_patcher.ModelPatcher(base, load_device=load_device, offload_device=offload_device)
+        _PATCHERS[dit] = root
+    model = root.clone()
+    model.model_options = dict(model.model_options)
+    model.model_options["transformer_options"] = {**model.model_options.get("transformer_options", {}),
+                                                  PATCHED_KEY: patched}
+    return model
