@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 
 _MODULES = ("loaders", "conditioning", "latent", "sampler", "vae", "lora", "adaln", "nag", "prompt_enhancer", "speed",
-            "controlnet")
+            "controlnet", "bridge")
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

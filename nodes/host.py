@@ -369,3 +369,16 @@ def run_sampler(name: str, x0_fn, noise: torch.Tensor, sigmas: torch.Tensor, see
         _FlowModel(ms, x0_fn), sigmas.to(noise.device), {"seed": seed, "model_options": {}},
         lambda i, x0, x, total: callback(i, x, x0), noise, latent_image=latent, denoise_mask=noise_mask,
         disable_pbar=True)
+
+
+# ------------------------------------------------------------------------------------------- MODEL bridge
+
+def as_comfy_model(patched):
+    """Our DiT (a PatchedDiT with its runtime patches) as a ComfyUI MODEL; see host_model.py."""
+    if not IN_COMFYUI:
+        raise InputError("a ComfyUI MODEL can only be made inside ComfyUI; outside it use the ZIMAGE_DIT with "
+                         "ZImageSampler.")
+    from . import host_model
+
+    load, offload = devices("dit")
+    return host_model.as_model(patched, load, offload)

@@ -76,6 +76,22 @@ CORE_NODES = {
         "samples": ("LATENT", {}),
         "vae": ("VAE", {}),
     }, outputs=(("IMAGE", "IMAGE"),), category="latent"),
+    "ModelSamplingAuraFlow": _core("ModelSamplingAuraFlow", {
+        "model": ("MODEL", {}),
+        "shift": ("FLOAT", {"default": 1.73, "min": 0.0, "max": 100.0, "step": 0.01}),
+    }, outputs=(("MODEL", "MODEL"),), category="advanced/model"),
+    "KSampler": _core("KSampler", {
+        "model": ("MODEL", {}),
+        "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True}),
+        "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+        "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1}),
+        "sampler_name": (["euler", "res_multistep"], {}),  # the samplers the example workflows use
+        "scheduler": (["simple", "normal"], {}),
+        "positive": ("CONDITIONING", {}),
+        "negative": ("CONDITIONING", {}),
+        "latent_image": ("LATENT", {}),
+        "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+    }, outputs=(("LATENT", "LATENT"),), category="sampling"),
     # registered by the frontend itself (no Python class; graphToPrompt skips them)
     "Note": _core("Note", {"text": ("STRING", {"multiline": True})}),
     "MarkdownNote": _core("Markdown Note", {"text": ("STRING", {"multiline": True})}),

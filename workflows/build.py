@@ -531,6 +531,42 @@ nodes plug in directly:
     return g
 
 
+def ksampler_bridge() -> Graph:
+    g = Graph("ksampler_bridge", "Z-Image DiT with a LoRA into the native KSampler",
+              "The pack's DiT Loader and LoRA Loader, handed to ComfyUI as a MODEL by Z-Image DiT to MODEL, then the "
+              "native ModelSamplingAuraFlow (shift 3) and KSampler with res_multistep, as in ComfyUI's Z-Image "
+              "template. Any node that takes a MODEL can take its place.",
+              tags=["text-to-image", "turbo", "lora", "interop"])
+    g.note(0, "About this workflow", f"""
+## The pack's model in native nodes
+
+**Z-Image DiT to MODEL** turns the DiT (with the LoRA attached before it) into a native ComfyUI MODEL:
+KSampler, KSamplerAdvanced, SamplerCustomAdvanced, LoraLoaderModelOnly, DifferentialDiffusion and other
+packs' nodes take it. The LoRA name is a placeholder: put a Z-Image LoRA in `ComfyUI/models/loras/`.
+{MODELS_MD.format(dit=TURBO)}""", size=(420, 440))
+    dit, te = loaders(g)
+    vae = vae_loader(g)
+    g.group("Models", 1)
+    lora = g.add("ZImageLoraLoader", 2, "Style LoRA",
+                 {"lora_name": "my_style_lora.safetensors", "strength": 0.8}, {"dit": dit[0]}, size=(360, 110))
+    model = g.add("ZImageDiTToModel", 2, "DiT to MODEL", inputs={"dit": lora[0]}, size=(360, 50))
+    shift = g.add("ModelSamplingAuraFlow", 2, "ModelSamplingAuraFlow", {"shift": 3.0}, {"model": model[0]},
+                  size=(360, 60))
+    pos = prompt(g, te, "A lighthouse on a rocky cliff under a starry sky, long exposure photograph, the beam "
+                        "sweeping over a calm sea, faint aurora on the horizon.", col=3)
+    zero = g.add("ConditioningZeroOut", 3, "Negative (zeroed prompt)", inputs={"conditioning": pos[0]},
+                 size=(440, 30))
+    lat = g.add("EmptySD3LatentImage", 3, "EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1},
+                size=(440, 110))
+    samp = g.add("KSampler", 4, "KSampler",
+                 {"seed": 7, "steps": 8, "cfg": 1.0, "sampler_name": "res_multistep", "scheduler": "simple",
+                  "denoise": 1.0},
+                 {"model": shift[0], "positive": pos[0], "negative": zero[0], "latent_image": lat[0]},
+                 size=(360, 260), control="randomize")
+    decode_save(g, vae, samp, 4, "z-image-ksampler")
+    return g
+
+
 def low_vram_fast() -> Graph:
     g = Graph("low_vram_fast", "Z-Image-Turbo on an 8 GB GPU: fp8, block streaming, torch.compile",
               "Z-Image-Turbo at 1024x1024 within 8 GB of VRAM: fp8 weights, the DiT loader's 8GB memory preset "
@@ -641,7 +677,7 @@ negative prompt (here: text and watermarks, blur, oversaturated colours).
 
 
 GRAPHS = (turbo_t2i, base_cfg, prompt_enhancer_turbo, lora_stack, img2img, inpaint, adaln_variety, native_mixed,
-          low_vram_fast, controlnet_canny, nag_turbo)
+          ksampler_bridge, low_vram_fast, controlnet_canny, nag_turbo)
 
 
 # ------------------------------------------------------------------------------------------------ files

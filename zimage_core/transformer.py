@@ -36,6 +36,12 @@ T_SCALE = 1000.0  # the network multiplies its time input t in [0, 1] by this
 # stage 'noise_refiner' or 'layers' before it is split into (scale_msa, gate_msa, scale_mlp, gate_mlp).
 ModHook = Callable[[str, int, torch.Tensor], torch.Tensor]
 
+# block_hook(stage, index, x, x_input=..., n_img=..., vec=..., rot=...) -> x: runs after block `index` of
+# stage 'noise_refiner' (x: image tokens [B, Np, dim]) or 'layers' (x: [B, Np + Lp, dim], the image run
+# first, n_img = Np of it); x_input is the stage's input, vec the adaLN input [B, adaln_dim], rot the
+# rotary table of x. Used by host adapters that forward another framework's block patches.
+BlockHook = Callable[..., torch.Tensor]
+
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -272,6 +278,7 @@ class ZImageDiT(nn.Module):
         adaln_t: torch.Tensor | None = None,
         control: Callable[..., dict[int, torch.Tensor]] | None = None,
         nag=None,
+        block_hook: BlockHook | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Network output (x0 - noise) for latents x at model time t = 1 - sigma.
 
@@ -282,6 +289,7 @@ class ZImageDiT(nn.Module):
         noise_refiner and the first unified hidden states, it returns hints {layer: [B, S, dim]} that are added
         to the output of those layers.
         nag: a `nag.NAGGuidance` (normalized attention guidance with a negative caption in the main layers).
+        block_hook: see `BlockHook` (the image runs of all samples must then have one length).
         Returns float32 in the layout of x.
         """
         cfg, dtype = self.cfg, self.compute_dtype
@@ -316,8 +324,12 @@ class ZImageDiT(nn.Module):
 
         u, rot, mask = _batch(img, img_rope)
         x_pre, x_mask, x_rot = u, mask, rot
+        if block_hook is not None and len({len(r) for r in img}) > 1:
+            raise InputError("block patches need latents of one size in a batch.")
         for i, blk in enumerate(self.noise_refiner):
             u = blk(u, mask, rot, c, mod_hook and (lambda m, i=i: mod_hook("noise_refiner", i, m)))
+            if block_hook is not None:
+                u = block_hook("noise_refiner", i, u, x_input=x_pre, n_img=u.shape[1], vec=c, rot=rot)
 
         # unified sequence: [image run, caption run] per sample
         seq = [torch.cat([u[b, : len(img[b])], context.tokens[b].to(dtype)]) for b in range(B)]
@@ -326,10 +338,13 @@ class ZImageDiT(nn.Module):
         hints = {} if control is None else control(
             self, x_pre, x_mask, x_rot, x_ref, u, mask, rot, context, [len(r) for r in img], sizes, c)
         nag = nag and nag.branch(context, [len(r) for r in img])  # None when it changes nothing
+        u_input = u
         for i, blk in enumerate(self.layers):
             u = blk(u, mask, rot, c, mod_hook and (lambda m, i=i: mod_hook("layers", i, m)), nag=nag)
             if i in hints:
                 u = u + hints[i]
+            if block_hook is not None:
+                u = block_hook("layers", i, u, x_input=u_input, n_img=len(img[0]), vec=c, rot=rot)
         u = self.final_layer(u, c)
 
         out = []

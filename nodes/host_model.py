@@ -1,0 +1,148 @@
+"""Our DiT as a ComfyUI MODEL (imported only by host.py, and only inside ComfyUI).
+
+The MODEL is a `comfy.model_patcher.ModelPatcher` over a `comfy.model_base.Lumina2` built from ComfyUI's
+Z-Image model config (Flux latent format, flow/CONST sampling with shift 3), whose `diffusion_model` is a
+`NextDiTAdapter`: it takes NextDiT's forward signature and runs our `ZImageDiT`. The adapter registers
+the DiT's own submodules and parameters under the same names, so the state-dict keys are NextDiT's
+("diffusion_model.layers.0.attention.qkv.weight") and ComfyUI's LoRA key map, weight patches and device
+moves act on the very tensors our DiT computes with.
+
+There is one ModelPatcher per loaded DiT; every conversion returns a clone of it, so ComfyUI knows they
+share weights (its own weight patches, e.g. from LoraLoaderModelOnly, are applied and restored per clone).
+Our runtime patches travel in the clone's transformer_options (`PATCHED_KEY`). Per call the adapter
+installs those patches (LoRA, adaLN, ...),
+works out the step from ComfyUI's `transformer_options` (sample_sigmas, sigmas) for step-dependent
+controls, and forwards ComfyUI's Lumina2 block patches ('noise_refiner', 'double_block') through the
+DiT's block hook with the dictionary keys NextDiT passes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+import comfy.model_base  # type: ignore
+import comfy.model_patcher  # type: ignore
+import comfy.supported_models  # type: ignore
+
+import weakref
+
+from ..zimage_core.errors import InputError
+from ..zimage_core.patching import PatchedDiT
+
+# Lumina2 block patch points our DiT honours (comfy/ldm/lumina/model.py calls them after each block).
+SUPPORTED_PATCHES = ("noise_refiner", "double_block")
+PATCHED_KEY = "zimage_patched_dit"  # transformer_options entry: the PatchedDiT whose runtime patches apply
+_PATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # ZImageDiT -> its ModelPatcher
+
+
+def _step_of(transformer_options: dict) -> tuple[int, float | None, int]:
+    """(step index, sigma, number of steps) of the current call, from ComfyUI's transformer_options."""
+    sigma = transformer_options.get("sigmas")
+    sigmas = transformer_options.get("sample_sigmas")
+    if sigma is None:
+        return 0, None, 1
+    s = float(sigma.reshape(-1)[0])
+    if sigmas is None or len(sigmas) < 2:
+        return 0, s, 1
+    grid = sigmas[:-1].float().cpu()
+    return int((grid - s).abs().argmin()), s, len(grid)
+
+
+class NextDiTAdapter(nn.Module):
+    """NextDiT's forward(x, timesteps, context, num_tokens, attention_mask, transformer_options) over our DiT."""
+
+    def __init__(self, dit):
+        super().__init__()
+        for name, child in dit.named_children():
+            self.add_module(name, child)
+        for name, p in dit.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        object.__setattr__(self, "dit", dit)  # not a submodule: its children are ours already
+        self.dtype = dit.compute_dtype
+
+    def forward(self, x, timesteps, context, num_tokens=None, attention_mask=None, transformer_options={},
+                **kwargs):
+        dit = self.dit
+        patched = transformer_options.get(PATCHED_KEY) or PatchedDiT(dit)
+        for key in ("ref_latents", "siglip_feats"):
+            if kwargs.get(key):
+                raise InputError(f"Z-Image MODEL: '{key}' (Z-Image Omni / edit conditioning) is not supported by "
+                                 f"this pack's DiT.")
+        patches = transformer_options.get("patches", {})
+        unknown = [k for k, v in patches.items() if v and k not in SUPPORTED_PATCHES]
+        replace = [k for k, v in transformer_options.get("patches_replace", {}).items() if v]
+        if unknown or replace:
+            raise InputError(f"Z-Image MODEL: model patches {sorted(unknown + replace)} are not supported by this "
+                             f"pack's DiT (supported: {', '.join(SUPPORTED_PATCHES)}).")
+        step, sigma, n_steps = _step_of(transformer_options)
+        # native: t = 1 - timesteps (timesteps = sigma for Z-Image's CONST sampling), output -(x0 - noise)
+        t = 1.0 - timesteps.float()
+        with patched.applied():
+            controls = patched.step_controls(step, sigma if sigma is not None else float(timesteps[0]), n_steps)
+            ctx = dit.encode_context(list(context.unbind(0)))  # NextDiT uses every row of the context
+            transform = controls.pop("context", None)
+            if transform is not None:
+                ctx = transform(ctx)
+            hook = self._block_hook(patches, x, transformer_options)
+            out = dit(x, t, ctx, block_hook=hook, **controls)
+        return -out.to(x.dtype)
+
+    def _block_hook(self, patches: dict, x: torch.Tensor, transformer_options: dict):
+        refiner, double = patches.get("noise_refiner", []), patches.get("double_block", [])
+        if not refiner and not double:
+            return None
+        n_layers = len(self.layers)
+
+        def hook(stage, index, u, x_input, n_img, vec, rot):
+            if stage == "noise_refiner":
+                for p in refiner:
+                    out = p({"img": u, "img_input": x_input, "txt": None, "pe": rot, "vec": vec, "x": x,
+                             "block_index": index, "transformer_options": transformer_options,
+                             "block_type": "noise_refiner"})
+                    if "img" in out:
+                        u = out["img"]
+                return u
+            transformer_options["total_blocks"] = n_layers
+            transformer_options["block_type"] = "double"
+            transformer_options["block_index"] = index
+            for p in double:
+                out = p({"img": u[:, :n_img], "img_input": x_input[:, :n_img], "txt": u[:, n_img:],
+                         "pe": rot[:, :n_img], "vec": vec, "x": x, "block_index": index,
+                         "transformer_options": transformer_options})
+                if "img" in out:
+                    u[:, :n_img] = out["img"]
+                if "txt" in out:
+                    u[:, n_img:] = out["txt"]
+            return u
+
+        return hook
+
+
+def model_config(dit):
+    """ComfyUI's Z-Image model config for this DiT (no NextDiT is built: the adapter is the diffusion model)."""
+    cfg = dit.cfg
+    unet_config = {"image_model": "lumina2", "dim": cfg.dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+                   "in_channels": cfg.in_channels, "cap_feat_dim": cfg.cap_feat_dim, "z_image_modulation": True,
+                   "n_refiner_layers": cfg.n_refiner_layers,
+                   "disable_unet_model_creation": True}
+    mc = comfy.supported_models.ZImage(unet_config)
+    mc.set_inference_dtype(dit.compute_dtype, None)
+    return mc
+
+
+def as_model(patched: PatchedDiT, load_device: torch.device, offload_device: torch.device):
+    """A ComfyUI MODEL (a clone of the DiT's one ModelPatcher) running `patched`'s runtime patches."""
+    dit = patched.dit
+    root = _PATCHERS.get(dit)
+    if root is None:
+        base = comfy.model_base.Lumina2(model_config(dit), device=offload_device)
+        base.diffusion_model = NextDiTAdapter(dit)
+        base.eval()
+        root = comfy.model_patcher.ModelPatcher(base, load_device=load_device, offload_device=offload_device)
+        _PATCHERS[dit] = root
+    model = root.clone()
+    model.model_options = dict(model.model_options)
+    model.model_options["transformer_options"] = {**model.model_options.get("transformer_options", {}),
+                                                  PATCHED_KEY: patched}
+    return model

@@ -1,0 +1,196 @@
+"""The MODEL bridge inside ComfyUI (in process): KSampler on our MODEL equals KSampler on ComfyUI's own
+NextDiT with the same weights and equals our ZImageSampler; LoraLoaderModelOnly on our MODEL equals our LoRA
+node; ComfyUI's Lumina2 block patches reach our DiT as they reach NextDiT; bad input gets a clear message.
+
+ComfyUI's modules are imported from COMFYUI_PATH (skipped when unset). The DiT is tiny but 256 wide: below
+that width NextDiT's fixed 256-d timestep output no longer matches the checkpoint layout.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from workflow_support import load_pack
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+if not COMFYUI_PATH:
+    pytest.skip("COMFYUI_PATH not set", allow_module_level=True)
+# The pack is imported before ComfyUI's root joins sys.path (appended, after the repository's own modules),
+# so its host adapter stays in standalone mode for the whole test session, as in the other test files; the
+# bridge module (nodes/host_model.py) imports `comfy` itself.
+importlib.import_module(load_pack().__name__ + ".nodes.host")
+sys.path.append(COMFYUI_PATH)
+_argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
+try:
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.sample
+    import comfy.samplers
+    import comfy.sd
+    import comfy.supported_models
+    import comfy.utils
+finally:
+    sys.argv = _argv
+
+from test_lora import STYLES, random_lora, style_file  # noqa: E402
+from zimage_core.tiny.dit import random_dit_state  # noqa: E402
+from zimage_core.transformer import DiTConfig  # noqa: E402
+
+CFG = DiTConfig(dim=256, n_layers=2, n_refiner_layers=2, n_heads=4, ffn_dim=682, cap_feat_dim=64, t_mid_dim=256)
+CPU = torch.device("cpu")
+STEPS, SEED = 3, 42
+
+
+@pytest.fixture(scope="module")
+def bridge(pack, tmp_path_factory):
+    d = tmp_path_factory.mktemp("bridge")
+    state = random_dit_state(CFG, seed=3)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(d / "dit.safetensors"))
+    mod = lambda n: importlib.import_module(f"{pack.__name__}.{n}")  # noqa: E731
+    dit = mod("zimage_core.dit_loader").load_dit(d / "dit.safetensors")
+    patched = mod("zimage_core.patching").PatchedDiT(dit)
+    return {"dir": d, "state": state, "patched": patched, "hm": mod("nodes.host_model"), "mod": mod}
+
+
+def native_model(bridge):
+    """ComfyUI's own NextDiT (what UNETLoader builds for a 3840-wide file) over the same weights."""
+    uc = dict(bridge["hm"].model_config(bridge["patched"].dit).unet_config)
+    uc.pop("disable_unet_model_creation")
+    # what comfy/model_detection.py sets for Z-Image, with this DiT's head split and ffn width
+    uc.update(n_kv_heads=CFG.n_heads, axes_dims=list(CFG.axes_dims), axes_lens=[1536, 512, 512], rope_theta=256.0,
+              ffn_dim_multiplier=8 / 3, multiple_of=1, time_scale=1000.0, pad_tokens_multiple=32, qk_norm=True)
+    mc = comfy.supported_models.ZImage(uc)
+    mc.set_inference_dtype(torch.float32, None)
+    base = comfy.model_base.Lumina2(mc, device=CPU)
+    base.diffusion_model.load_state_dict(bridge["state"])
+    return comfy.model_patcher.ModelPatcher(base, CPU, CPU)
+
+
+def our_model(bridge, patched=None):
+    return bridge["hm"].as_model(patched or bridge["patched"], CPU, CPU)
+
+
+def cond(seed, n=7, batch=1):
+    return [[torch.randn(batch, n, CFG.cap_feat_dim, generator=torch.Generator().manual_seed(seed)), {}]]
+
+
+def ksample(model, positive, latent, negative=None, cfg=1.0, denoise=1.0, noise_mask=None):
+    negative = negative or [[torch.zeros_like(positive[0][0]), {}]]  # ConditioningZeroOut
+    noise = comfy.sample.prepare_noise(latent, SEED)
+    return comfy.sample.sample(model, noise, STEPS, cfg, "euler", "simple", positive, negative, latent,
+                               denoise=denoise, noise_mask=noise_mask, seed=SEED, disable_pbar=True)
+
+
+LATENT = torch.randn(2, 16, 6, 8, generator=torch.Generator().manual_seed(5)) * 0.5
+
+
+@pytest.mark.parametrize("case", ["t2i_batch2", "cfg_img2img", "inpaint"])
+def test_ksampler_on_our_model_equals_ksampler_on_native_nextdit(bridge, case):
+    kw = {}
+    if case == "t2i_batch2":
+        latent = torch.zeros(2, 16, 6, 8)
+    else:
+        latent = LATENT[:1]
+    if case == "cfg_img2img":
+        kw = dict(negative=cond(9), cfg=3.0, denoise=0.6)
+    if case == "inpaint":
+        mask = torch.zeros(1, 1, 6, 8)
+        mask[..., 2:5, 3:7] = 1
+        kw = dict(noise_mask=mask)
+    ours = ksample(our_model(bridge), cond(1), latent, **kw)
+    native = ksample(native_model(bridge), cond(1), latent, **kw)
+    assert ours.shape == native.shape
+    # latents in VAE space; 1/255 of a pixel is far above this
+    assert (ours - native).abs().max() <= 1e-3 * native.abs().max()
+
+
+def ksampler_sigmas(model):
+    """KSampler's euler/simple schedule: taken from ComfyUI's 1000-entry sigma table, so it differs from the
+    exact shifted schedule of ZImageSampler's own `steps` by up to ~3e-4 in sigma; given explicitly here."""
+    return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS)
+
+
+def our_sampler(bridge, dit, positive, latent):
+    sampler = bridge["mod"]("nodes.sampler").ZImageSampler()
+    (out,) = sampler.sample(dit, positive, {"samples": latent}, SEED, steps=STEPS, cfg=1.0, shift=3.0,
+                            sigmas=ksampler_sigmas(our_model(bridge)))
+    return out["samples"]
+
+
+def test_ksampler_on_our_model_equals_our_sampler(bridge):
+    latent = torch.zeros(1, 16, 6, 8)
+    ref = {"samples": our_sampler(bridge, bridge["patched"], cond(1), latent)}
+    ours = ksample(our_model(bridge), cond(1), latent)
+    assert (ours - ref["samples"]).abs().max() <= 1e-3 * ref["samples"].abs().max()
+
+
+# ComfyUI's Lumina2 key map (comfy/lora.py) covers these; kohya names of the unfused diffusers modules
+# (lora_unet_layers_0_attention_to_q) and the dot style are ours only: they load with ZImageLoraLoader.
+COMFY_STYLES = ["peft", "peft_adapter", "ai_toolkit", "native_dm", "native_unet"]
+assert set(COMFY_STYLES) < set(STYLES)
+
+
+@pytest.mark.parametrize("style", COMFY_STYLES)
+def test_lora_loader_model_only_on_our_model_equals_our_lora_node(bridge, style, tmp_path):
+    lora = random_lora(bridge["state"], seed=10)
+    f = tmp_path / f"{style}.safetensors"
+    save_file(style_file(lora, style), str(f))
+    lora_node = bridge["mod"]("nodes.lora").ZImageLoraLoader()
+    (with_lora,) = lora_node.apply(bridge["patched"], str(f), 0.8)
+    latent = LATENT[:1]
+    ref = ksample(our_model(bridge, with_lora), cond(1), latent)
+    base = ksample(our_model(bridge), cond(1), latent)
+    native_lora, _ = comfy.sd.load_lora_for_models(our_model(bridge), None, comfy.utils.load_torch_file(str(f)),
+                                                   0.8, 0)
+    got = ksample(native_lora, cond(1), latent)
+    assert (ref - base).abs().max() > 1e-2  # the LoRA matters
+    assert (got - ref).abs().max() <= 1e-3 * ref.abs().max()
+    # ComfyUI restores the weights it patched: the shared DiT is unchanged afterwards
+    native_lora.unpatch_model()
+    assert (ksample(our_model(bridge), cond(1), latent) - base).abs().max() == 0
+
+
+def test_native_block_patches_act_on_our_dit_as_on_nextdit(bridge):
+    calls = []
+
+    def double_block(args):
+        calls.append((args["block_index"], tuple(args["img"].shape), tuple(args["txt"].shape)))
+        return {"img": args["img"] * 0.9 + 0.05 * args["img_input"]}
+
+    def noise_refiner(args):
+        return {"img": args["img"] * 1.1}
+
+    outs = []
+    for m in (our_model(bridge), native_model(bridge)):
+        m.set_model_patch(double_block, "double_block")
+        m.set_model_patch(noise_refiner, "noise_refiner")
+        outs.append(ksample(m, cond(1), torch.zeros(1, 16, 6, 8)))
+    plain = ksample(our_model(bridge), cond(1), torch.zeros(1, 16, 6, 8))
+    assert (outs[0] - plain).abs().max() > 1e-2
+    assert (outs[0] - outs[1]).abs().max() <= 1e-3 * outs[1].abs().max()
+    # image run: 12 tokens padded to 32; caption run: 7 tokens padded to 32
+    assert calls[0] == (0, (1, 32, CFG.dim), (1, 32, CFG.dim))
+
+
+def test_our_patches_set_before_the_conversion_stay_active(bridge):
+    adaln = bridge["mod"]("nodes.adaln")
+    (scaled,) = adaln.ZImageAdaLNScale().apply(bridge["patched"], 1.5, 0.5, 0, -1, True)
+    latent = torch.zeros(1, 16, 6, 8)
+    ref = {"samples": our_sampler(bridge, scaled, cond(1), latent)}
+    got = ksample(our_model(bridge, scaled), cond(1), latent)
+    assert (got - ksample(our_model(bridge), cond(1), latent)).abs().max() > 1e-2
+    assert (got - ref["samples"]).abs().max() <= 1e-3 * ref["samples"].abs().max()
+
+
+def test_the_converter_refuses_what_is_not_a_zimage_dit(pack, bridge):
+    node = bridge["mod"]("nodes.bridge").ZImageDiTToModel()
+    errors = bridge["mod"]("zimage_core.errors")
+    with pytest.raises(errors.InputError, match="ZIMAGE_DIT"):
+        node.convert(native_model(bridge))
