@@ -353,3 +353,48 @@ def test_lora_loader_and_stack_nodes(pack, nodes, setup, tmp_path):
         enabled_2=False, lora_3="None", strength_3=1.0, enabled_3=True, lora_4=f, strength_4=0.3, enabled_4=True)
     assert [p.strength for p in stacked.patches] == [0.8, 0.3]
     assert stacked.patches[0].adapters is stacked.patches[1].adapters  # the file was parsed once
+
+
+def test_loha_tucker_loha_and_full_diff_match_their_published_formulas(setup, tmp_path):
+    _, state, _, dit = setup
+    g = torch.Generator().manual_seed(7)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.2  # noqa: E731
+    sd, deltas = {}, []
+    # LoHa on to_k (rows 64:128 of the fused qkv): (w1a @ w1b) * (w2a @ w2b) * alpha / rank
+    k = "lycoris_layers_0_attention_to_k"
+    w1a, w1b, w2a, w2b = r(64, 3), r(3, 64), r(64, 3), r(3, 64)
+    sd.update({k + ".hada_w1_a": w1a, k + ".hada_w1_b": w1b, k + ".hada_w2_a": w2a, k + ".hada_w2_b": w2b,
+               k + ".alpha": torch.tensor(1.5)})
+    deltas.append(("layers.0.attention.qkv", slice(64, 128), (w1a @ w1b) * (w2a @ w2b) * (1.5 / 3)))
+    # Tucker LoHa on feed_forward.w1: W_i[p, q] = sum_ab t_i[a, b] w_ib[b, q] w_ia[a, p]
+    k = "lycoris_layers_1_feed_forward_w1"
+    out_f, in_f = state["layers.1.feed_forward.w1.weight"].shape
+    t1, t2, a1, b1, a2, b2 = r(2, 2), r(2, 2), r(2, out_f), r(2, in_f), r(2, out_f), r(2, in_f)
+    sd.update({k + ".hada_w1_a": a1, k + ".hada_w1_b": b1, k + ".hada_t1": t1,
+               k + ".hada_w2_a": a2, k + ".hada_w2_b": b2, k + ".hada_t2": t2})
+    deltas.append(("layers.1.feed_forward.w1", slice(None), (a1.T @ t1 @ b1) * (a2.T @ t2 @ b2)))
+    # full .diff on attention.out
+    dd = r(*state["layers.1.attention.out.weight"].shape) * 0.1
+    sd["diffusion_model.layers.1.attention.out.diff"] = dd
+    deltas.append(("layers.1.attention.out", slice(None), dd))
+    save_file(sd, str(tmp_path / "loha.safetensors"))
+    patch = load_lora(tmp_path / "loha.safetensors", dit)
+    assert patch.report.modules_patched == 3 and patch.report.unused == []
+    merged_state = dict(state)
+    for name, rows, delta in deltas:
+        w = merged_state[name + ".weight"].clone()
+        w[rows] += delta
+        merged_state[name + ".weight"] = w
+        assert rel_err(patch.delta_weights(dit)[name][rows], delta) <= 1e-5
+    assert rel_err(run(dit, patch), run(make_dit(merged_state))) <= 1e-5
+
+
+def test_an_adapter_kind_that_cannot_be_applied_is_named_in_the_warning(setup, tmp_path):
+    _, state, _, dit = setup
+    k = "diffusion_model.layers.0.attention.to_q"
+    sd = {k + ".lora_A.weight": torch.randn(4, 64) * 0.1, k + ".lora_B.weight": torch.randn(64, 4) * 0.1,
+          k + ".oft_blocks": torch.randn(4, 16, 16), "diffusion_model.layers.0.attention.out.diff_b": torch.randn(64)}
+    save_file(sd, str(tmp_path / "mixed.safetensors"))
+    with pytest.warns(UserWarning, match=r"OFT is not supported.*bias patch|bias patch.*OFT is not supported"):
+        patch = load_lora(tmp_path / "mixed.safetensors", dit)
+    assert len(patch.report.unused) == 2

@@ -8,6 +8,8 @@ Key styles understood (all may carry a `.alpha`; prefixes `transformer.`, `diffu
   ComfyUI-native     diffusion_model.layers.0.attention.qkv.lora_down.weight, lora_unet_layers_0_attention_out.*
   dot style          layers.0.attention.to.q.lora.down.weight / .lora.up.weight
   LoKr (LyCORIS)     ....lokr_w1 / .lokr_w2, or factorised .lokr_w1_a/.lokr_w1_b/.lokr_w2_a/.lokr_w2_b
+  LoHa (LyCORIS)     ....hada_w1_a/.hada_w1_b/.hada_w2_a/.hada_w2_b (+ Tucker cores .hada_t1/.hada_t2)
+  full difference    ....diff (the weight delta itself, applied at scale 1)
 Module names are matched after folding '.', '_' and '-' together and ignoring case, against every alias
 of each `Linear` of our (native-named) DiT: native (`attention.qkv`, `attention.out`, `x_embedder`,
 `final_layer.*`) and diffusers (`attention.to_q|to_k|to_v`, `to_out.0`, `all_x_embedder.2-1`,
@@ -17,7 +19,9 @@ adaLN_modulation), x/cap/t embedders and the final layer.
 
 Scaling: LoRA delta = (alpha / rank) * B @ A, alpha absent -> 1. LoKr delta = kron(w1, w2) with w = a @ b
 for factorised parts; scaled by alpha / (rank of the factorised part) when a part is factorised and
-alpha is given, else 1 (LyCORIS / ComfyUI convention).
+alpha is given, else 1 (LyCORIS / ComfyUI convention). LoHa delta = (w1_a @ w1_b) * (w2_a @ w2_b)
+(elementwise), scaled by alpha / w1_b.shape[0]; LoHa and .diff deltas are built once at load (dense).
+Not applied (named in the unused-keys warning): DoRA dora_scale, GLoRA, OFT/BOFT, .diff_b, .set_weight.
 
 Application (`LoraPatch`, the `patching` protocol): a runtime output patch on each targeted `Linear`,
     y[..., rows] += strength * scale * (x @ A.T) @ B.T          (LoKr: x @ kron(w1, w2).T, computed as
@@ -59,7 +63,13 @@ _SUFFIXES = [
     (re.compile(r"\.lora\.up\.weight$"), "B"),
     (re.compile(r"\.alpha$"), "alpha"),
     (re.compile(r"\.(lokr_w[12](?:_[ab])?)$"), "lokr"),
+    (re.compile(r"\.(hada_w[12]_[ab]|hada_t[12])$"), "loha"),
+    (re.compile(r"\.(diff)$"), "diff"),
 ]
+# Adapter kinds this loader cannot apply yet -> named in the unused-keys warning.
+_UNSUPPORTED = [(r"\.dora_scale$", "DoRA (dora_scale)"), (r"\.(a1|a2|b1|b2)\.weight$", "GLoRA"),
+                (r"\.oft_(blocks|diag)$", "OFT"), (r"\.oft_R$", "BOFT"), (r"\.diff_b$", "bias patch (.diff_b)"),
+                (r"\.set_weight$", ".set_weight")]
 # Key fragments of other model families' LoRAs -> the family they belong to.
 _FAMILIES = [
     (re.compile(r"(^|[._])(double_blocks|single_blocks)[._]"), "Flux (BFL format)"),
@@ -136,22 +146,25 @@ class LoraReport:
 
 @dataclass
 class _Adapter:
-    """One low-rank (A, B) or Kronecker (w1, w2) delta on the rows `part` of one Linear."""
+    """One low-rank (A, B), Kronecker (w1, w2) or dense (LoHa product, full .diff) delta on the rows
+    `part` of one Linear."""
 
     target: _Target
-    kind: str  # 'lora' | 'lokr'
-    t1: torch.Tensor  # A [r, in]  | w1 [a1, b1]
-    t2: torch.Tensor  # B [out, r] | w2 [a2, b2]
+    kind: str  # 'lora' | 'lokr' | 'dense'
+    t1: torch.Tensor  # A [r, in]  | w1 [a1, b1] | delta [rows, in]
+    t2: torch.Tensor  # B [out, r] | w2 [a2, b2] | unused (empty)
     scale: float
     keys: list[str]
 
     def delta_weight(self) -> torch.Tensor:
         """The fp32 weight delta [rows, in] at strength 1 (scale included)."""
         a, b = self.t1.float(), self.t2.float()
-        d = b @ a if self.kind == "lora" else torch.kron(a, b)
+        d = b @ a if self.kind == "lora" else torch.kron(a, b) if self.kind == "lokr" else a
         return d * self.scale
 
     def apply(self, x: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, s: float) -> torch.Tensor:
+        if self.kind == "dense":
+            return (x @ t1.T) * s
         if self.kind == "lora":
             return ((x @ t1.T) * s) @ t2.T
         (a1, b1), (a2, b2) = t1.shape, t2.shape
@@ -277,13 +290,14 @@ def parse_lora(sd: dict[str, torch.Tensor], cfg: DiTConfig, path: str = "<state 
             m = rx.search(k)
             if m:
                 base = k[: m.start()]
-                slot = m.group(1) if role == "lokr" else role
+                slot = m.group(1) if role in ("lokr", "loha", "diff") else role
                 groups.setdefault(base, {})[slot] = (key, t)
                 break
         else:
             unused.append(key)
-            if key.endswith(".dora_scale"):
-                report.notes.append("DoRA magnitudes (dora_scale) are not supported")
+            kind = next((n for sfx, n in _UNSUPPORTED if re.search(sfx, key)), None)
+            if kind and not any(kind in n for n in report.notes):
+                report.notes.append(f"{kind} is not supported")
 
     chosen: dict[tuple[str, int | None], _Adapter] = {}
     shape_errors = []
@@ -349,6 +363,8 @@ def _module_shapes(cfg: DiTConfig) -> dict[str, tuple[int, int]]:
 def _delta_shape(ad: _Adapter) -> tuple[int, int]:
     if ad.kind == "lora":
         return (ad.t2.shape[0], ad.t1.shape[1])
+    if ad.kind == "dense":
+        return tuple(ad.t1.shape)
     return (ad.t1.shape[0] * ad.t2.shape[0], ad.t1.shape[1] * ad.t2.shape[1])
 
 
@@ -370,6 +386,12 @@ def _make_adapter(target: _Target, slots: dict, alpha: float | None, keys: list[
         rank = a.shape[0]
         report.styles.add(_style(slots["A"][0]))
         return _Adapter(target, "lora", a, b, 1.0 if alpha is None else alpha / rank, keys)
+    if "diff" in slots:
+        report.styles.add("full diff")
+        return _Adapter(target, "dense", _mat(slots["diff"][1]).float(), torch.empty(0), 1.0, keys)
+    hd = {k: v[1].float() for k, v in slots.items() if k.startswith("hada")}
+    if hd:
+        return _loha(target, hd, alpha, keys, report)
     lk = {k: v[1] for k, v in slots.items() if k.startswith("lokr")}
     if not lk:
         raise ValueError("an alpha without weights")
@@ -389,6 +411,28 @@ def _make_adapter(target: _Target, slots: dict, alpha: float | None, keys: list[
     report.styles.add("LoKr")
     scale = alpha / dim if (alpha is not None and dim is not None) else 1.0
     return _Adapter(target, "lokr", _mat(w1), _mat(w2), scale, keys)
+
+
+def _loha_factor(hd: dict, i: int) -> torch.Tensor:
+    a, b = hd[f"hada_w{i}_a"], hd[f"hada_w{i}_b"]  # a [out, r], b [r, in]; Tucker: a [r, out], b [r, in], t [r, r, *k]
+    t = hd.get(f"hada_t{i}")
+    if t is None:
+        return _mat(a @ b.flatten(1))
+    # W[p, r, ...] = sum_ij t[i, j, ...] b[j, r] a[i, p]
+    return _mat(torch.einsum("i j ..., j r, i p -> p r ...", t, b.flatten(1), a))
+
+
+def _loha(target: _Target, hd: dict, alpha: float | None, keys: list[str], report: LoraReport) -> _Adapter:
+    """LoHa (LyCORIS): delta = (w1_a @ w1_b) * (w2_a @ w2_b) (Hadamard product), scaled by alpha / rank
+    with rank = w1_b.shape[0]; with Tucker cores hada_t1/t2 each factor is t x_0 w_a x_1 w_b."""
+    need = [f"hada_w{i}_{s}" for i in (1, 2) for s in "ab"]
+    missing = [n for n in need if n not in hd]
+    if missing:
+        raise ValueError(f"LoHa without {', '.join(missing)}")
+    rank = hd["hada_w1_b"].shape[0]
+    d = _loha_factor(hd, 1) * _loha_factor(hd, 2)
+    report.styles.add("LoHa")
+    return _Adapter(target, "dense", d, torch.empty(0), 1.0 if alpha is None else alpha / rank, keys)
 
 
 def _style(key: str) -> str:
