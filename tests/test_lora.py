@@ -398,3 +398,31 @@ def test_an_adapter_kind_that_cannot_be_applied_is_named_in_the_warning(setup, t
     with pytest.warns(UserWarning, match=r"OFT is not supported.*bias patch|bias patch.*OFT is not supported"):
         patch = load_lora(tmp_path / "mixed.safetensors", dit)
     assert len(patch.report.unused) == 2
+
+
+def test_dora_on_either_axis_matches_the_trainers_formula_and_comfyui_differs_on_the_output_axis(setup, tmp_path):
+    _, state, _, dit = setup
+    g = torch.Generator().manual_seed(9)
+    name = "layers.0.feed_forward.w2"
+    w = state[name + ".weight"].float()
+    out_f, in_f = w.shape
+    a, b = torch.randn(4, in_f, generator=g) * 0.1, torch.randn(out_f, 4, generator=g) * 0.1
+    dw = (b @ a) * (2.0 / 4)
+    m_out = w.norm(dim=1) * (1 + 0.3 * torch.rand(out_f, generator=g))  # PEFT lora_magnitude_vector [out]
+    m_in = w.norm(dim=0, keepdim=True) * (1 + 0.3 * torch.rand(1, in_f, generator=g))  # LyCORIS [1, in]
+    k = "diffusion_model." + name
+    for mag, expect in ((m_out, m_out[:, None] * (w + dw) / (w + dw).norm(dim=1, keepdim=True)),
+                        (m_in, m_in * (w + dw) / (w + dw).norm(dim=0, keepdim=True))):
+        sd = {k + ".lora_down.weight": a, k + ".lora_up.weight": b, k + ".alpha": torch.tensor(2.0),
+              k + ".dora_scale": mag}
+        save_file(sd, str(tmp_path / "dora.safetensors"))
+        patch = load_lora(tmp_path / "dora.safetensors", dit, strength=0.7)
+        assert patch.report.unused == [] and "DoRA" in patch.report.styles
+        assert rel_err(patch.delta_weights(dit)[name], 0.7 * (expect - w)) <= 1e-5
+        merged_state = dict(state)
+        merged_state[name + ".weight"] = w + 0.7 * (expect - w)
+        assert rel_err(run(dit, patch), run(make_dit(merged_state))) <= 1e-5
+    # ComfyUI's weight_decompose divides by ||W|| (not ||W + dW||) on the output axis: a real difference
+    comfy = m_out[:, None] * (w + dw) / w.norm(dim=1, keepdim=True)
+    expect = m_out[:, None] * (w + dw) / (w + dw).norm(dim=1, keepdim=True)
+    assert rel_err(comfy - w, expect - w) > 1e-2

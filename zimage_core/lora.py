@@ -21,7 +21,10 @@ Scaling: LoRA delta = (alpha / rank) * B @ A, alpha absent -> 1. LoKr delta = kr
 for factorised parts; scaled by alpha / (rank of the factorised part) when a part is factorised and
 alpha is given, else 1 (LyCORIS / ComfyUI convention). LoHa delta = (w1_a @ w1_b) * (w2_a @ w2_b)
 (elementwise), scaled by alpha / w1_b.shape[0]; LoHa and .diff deltas are built once at load (dense).
-Not applied (named in the unused-keys warning): DoRA dora_scale, GLoRA, OFT/BOFT, .diff_b, .set_weight.
+DoRA (`.dora_scale` next to a LoRA/LoHa/LoKr/diff): W' = m * (W + dW) / ||W + dW||, norm per output row
+(m [out] or [out, 1], PEFT) or per input column (m [1, in], LyCORIS); applied as the dense delta W' - W
+built at install/merge from the base weight, times strength.
+Not applied (named in the unused-keys warning): GLoRA, OFT/BOFT, .diff_b, .set_weight.
 
 Application (`LoraPatch`, the `patching` protocol): a runtime output patch on each targeted `Linear`,
     y[..., rows] += strength * scale * (x @ A.T) @ B.T          (LoKr: x @ kron(w1, w2).T, computed as
@@ -65,9 +68,10 @@ _SUFFIXES = [
     (re.compile(r"\.(lokr_w[12](?:_[ab])?)$"), "lokr"),
     (re.compile(r"\.(hada_w[12]_[ab]|hada_t[12])$"), "loha"),
     (re.compile(r"\.(diff)$"), "diff"),
+    (re.compile(r"\.(dora_scale)$"), "dora"),
 ]
 # Adapter kinds this loader cannot apply yet -> named in the unused-keys warning.
-_UNSUPPORTED = [(r"\.dora_scale$", "DoRA (dora_scale)"), (r"\.(a1|a2|b1|b2)\.weight$", "GLoRA"),
+_UNSUPPORTED = [(r"\.(a1|a2|b1|b2)\.weight$", "GLoRA"),
                 (r"\.oft_(blocks|diag)$", "OFT"), (r"\.oft_R$", "BOFT"), (r"\.diff_b$", "bias patch (.diff_b)"),
                 (r"\.set_weight$", ".set_weight")]
 # Key fragments of other model families' LoRAs -> the family they belong to.
@@ -155,6 +159,23 @@ class _Adapter:
     t2: torch.Tensor  # B [out, r] | w2 [a2, b2] | unused (empty)
     scale: float
     keys: list[str]
+    dora: torch.Tensor | None = None  # DoRA magnitude: [rows] / [rows, 1] (output axis) or [1, in] (input axis)
+
+    def dora_delta(self, w: torch.Tensor) -> torch.Tensor:
+        """DoRA: the fp32 delta W' - W at strength 1 for base rows `w` [rows, in], as the trainers compute it:
+        W' = m * (W + dW) / ||W + dW||, the norm per output row (PEFT, m of shape [rows]) or per input
+        column (LyCORIS wd_on_out=False, m of shape [1, in]). ComfyUI divides by ||W|| (not ||W + dW||)
+        on the output axis; see README 'LoRA'."""
+        w = w.float()
+        wc = w + self.delta_weight()
+        m = self.dora.float()
+        if not (m.ndim == 2 and m.shape[0] == 1 and m.shape[0] != w.shape[0]):  # [rows] or [rows, 1]
+            norm = wc.norm(dim=1, keepdim=True)
+            m = m.reshape(-1, 1)
+        else:
+            norm = wc.norm(dim=0, keepdim=True)
+            m = m.reshape(1, -1)
+        return wc * (m / (norm + torch.finfo(torch.float32).eps)) - w
 
     def delta_weight(self) -> torch.Tensor:
         """The fp32 weight delta [rows, in] at strength 1 (scale included)."""
@@ -235,6 +256,7 @@ class LoraPatch:
         hooks = []
         for name, adapters in self.by_module().items():
             m = dit.get_submodule(name)
+            adapters = [_resolve_dora(a, m) for a in adapters]
             hook = _ModuleHook(self, adapters, m.out_features, dit.compute_dtype, m.weight.device)
             m.patches.append(hook)
             hooks.append((m, hook))
@@ -254,9 +276,28 @@ class LoraPatch:
             for a in adapters:
                 p = a.target.part
                 sl = slice(None) if p is None else slice(p * rows, (p + 1) * rows)
-                d[sl] += a.delta_weight()
+                d[sl] += _resolve_dora(a, m).delta_weight().to(d.device)
             out[name] = d * self.strength
         return out
+
+
+def _base_rows(m: Linear, part: int | None) -> torch.Tensor:
+    w = m.weight.float()
+    if m.scale_weight is not None:
+        w = w * m.scale_weight.float().to(w.device)
+    if part is None:
+        return w
+    rows = m.out_features // 3
+    return w[part * rows:(part + 1) * rows]
+
+
+def _resolve_dora(a: _Adapter, m: Linear) -> _Adapter:
+    """A DoRA adapter as a dense delta W' - W (needs the base weight); others unchanged. Strength scales
+    W' - W linearly (strength 0 = base model, 1 = the trained W')."""
+    if a.dora is None:
+        return a
+    d = a.dora_delta(_base_rows(m, a.target.part))
+    return _Adapter(a.target, "dense", d, torch.empty(0), 1.0, a.keys)
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -290,7 +331,7 @@ def parse_lora(sd: dict[str, torch.Tensor], cfg: DiTConfig, path: str = "<state 
             m = rx.search(k)
             if m:
                 base = k[: m.start()]
-                slot = m.group(1) if role in ("lokr", "loha", "diff") else role
+                slot = m.group(1) if role in ("lokr", "loha", "diff", "dora") else role
                 groups.setdefault(base, {})[slot] = (key, t)
                 break
         else:
@@ -310,7 +351,12 @@ def parse_lora(sd: dict[str, torch.Tensor], cfg: DiTConfig, path: str = "<state 
         alpha = slots.get("alpha", (None, None))[1]
         alpha = None if alpha is None else float(alpha.float().reshape(-1)[0])
         try:
-            ad = _make_adapter(target, slots, alpha, keys, report)
+            ad = _make_adapter(target, {k: v for k, v in slots.items() if k != "dora_scale"}, alpha, keys, report)
+            if "dora_scale" in slots:
+                ad.dora = _mat(slots["dora_scale"][1]) if slots["dora_scale"][1].ndim > 1 else slots["dora_scale"][1]
+                if ad.dora.numel() not in _delta_shape(ad):
+                    raise ValueError(f"dora_scale {tuple(ad.dora.shape)} fits neither axis of {_delta_shape(ad)}")
+                report.styles.add("DoRA")
         except ValueError as e:
             report.notes.append(f"{base}: {e}")
             unused.extend(keys)
