@@ -393,11 +393,11 @@ def test_an_adapter_kind_that_cannot_be_applied_is_named_in_the_warning(setup, t
     _, state, _, dit = setup
     k = "diffusion_model.layers.0.attention.to_q"
     sd = {k + ".lora_A.weight": torch.randn(4, 64) * 0.1, k + ".lora_B.weight": torch.randn(64, 4) * 0.1,
-          k + ".oft_blocks": torch.randn(4, 16, 16), "diffusion_model.layers.0.attention.out.diff_b": torch.randn(64)}
+          k + ".oft_blocks": torch.randn(4, 16, 16)}
     save_file(sd, str(tmp_path / "mixed.safetensors"))
-    with pytest.warns(UserWarning, match=r"OFT is not supported.*bias patch|bias patch.*OFT is not supported"):
+    with pytest.warns(UserWarning, match=r"OFT is not supported"):
         patch = load_lora(tmp_path / "mixed.safetensors", dit)
-    assert len(patch.report.unused) == 2
+    assert patch.report.unused == [k + ".oft_blocks"]
 
 
 def test_dora_on_either_axis_matches_the_trainers_formula_and_comfyui_differs_on_the_output_axis(setup, tmp_path):
@@ -426,3 +426,41 @@ def test_dora_on_either_axis_matches_the_trainers_formula_and_comfyui_differs_on
     comfy = m_out[:, None] * (w + dw) / w.norm(dim=1, keepdim=True)
     expect = m_out[:, None] * (w + dw) / (w + dw).norm(dim=1, keepdim=True)
     assert rel_err(comfy - w, expect - w) > 1e-2
+
+
+def test_a_file_mixing_lora_loha_diff_b_and_set_weight_loads_with_no_unused_key(setup, tmp_path):
+    _, state, _, dit = setup
+    g = torch.Generator().manual_seed(11)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.1  # noqa: E731
+    biased = [k[: -len(".bias")] for k in state if k.endswith(".bias") and k[: -len(".bias")] + ".weight" in state
+              and state[k[: -len(".bias")] + ".weight"].ndim == 2]
+    assert biased, "the tiny DiT has Linear layers with a bias"
+    sd, merged = {}, {k: v.clone() for k, v in state.items()}
+    s = 0.6
+    for name in ("layers.0.attention.to_q", "layers.0.attention.to_v"):
+        a, b = r(4, 64), r(64, 4)
+        sd[f"diffusion_model.{name}.lora_A.weight"], sd[f"diffusion_model.{name}.lora_B.weight"] = a, b
+        rows = slice(0, 64) if name.endswith("q") else slice(128, 192)
+        merged["layers.0.attention.qkv.weight"][rows] += s * (b @ a)
+    ff = "layers.0.feed_forward.w3"
+    o, i = state[ff + ".weight"].shape
+    h = {n: r(*sh) for n, sh in (("hada_w1_a", (o, 2)), ("hada_w1_b", (2, i)), ("hada_w2_a", (o, 2)), ("hada_w2_b", (2, i)))}
+    sd.update({f"lycoris_{ff.replace('.', '_')}.{n}": t for n, t in h.items()})
+    merged[ff + ".weight"] += s * (h["hada_w1_a"] @ h["hada_w1_b"]) * (h["hada_w2_a"] @ h["hada_w2_b"])
+    db = r(state[biased[0] + ".bias"].shape[0])
+    sd[f"diffusion_model.{biased[0]}.diff_b"] = db
+    merged[biased[0] + ".bias"] += s * db
+    sw_name = "layers.1.attention.out"
+    sw = state[sw_name + ".weight"] + r(*state[sw_name + ".weight"].shape)
+    sd[f"diffusion_model.{sw_name}.set_weight"] = sw
+    merged[sw_name + ".weight"] += s * (sw - state[sw_name + ".weight"])
+    save_file(sd, str(tmp_path / "mixed.safetensors"))
+    patch = load_lora(tmp_path / "mixed.safetensors", dit, strength=s)
+    assert patch.report.unused == [] and {"LoHa", "bias diff", "set_weight"} <= patch.report.styles
+    ref = run(make_dit(merged))
+    assert rel_err(run(dit, patch), ref) <= 1e-5
+    assert rel_err(run(merged_copy(dit, patch)), ref) <= 1e-5
+    unmerge = merge_lora(dit, patch)
+    assert rel_err(run(dit), ref) <= 1e-5
+    unmerge()
+    assert torch.equal(dit.get_submodule(biased[0]).bias, state[biased[0] + ".bias"])

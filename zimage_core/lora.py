@@ -24,7 +24,8 @@ alpha is given, else 1 (LyCORIS / ComfyUI convention). LoHa delta = (w1_a @ w1_b
 DoRA (`.dora_scale` next to a LoRA/LoHa/LoKr/diff): W' = m * (W + dW) / ||W + dW||, norm per output row
 (m [out] or [out, 1], PEFT) or per input column (m [1, in], LyCORIS); applied as the dense delta W' - W
 built at install/merge from the base weight, times strength.
-Not applied (named in the unused-keys warning): GLoRA, OFT/BOFT, .diff_b, .set_weight.
+Bias `.diff_b`: y += strength * db on modules that have a bias. `.set_weight` S: W' = W + strength * (S - W).
+Not applied (named in the unused-keys warning): GLoRA, OFT/BOFT.
 
 Application (`LoraPatch`, the `patching` protocol): a runtime output patch on each targeted `Linear`,
     y[..., rows] += strength * scale * (x @ A.T) @ B.T          (LoKr: x @ kron(w1, w2).T, computed as
@@ -69,11 +70,12 @@ _SUFFIXES = [
     (re.compile(r"\.(hada_w[12]_[ab]|hada_t[12])$"), "loha"),
     (re.compile(r"\.(diff)$"), "diff"),
     (re.compile(r"\.(dora_scale)$"), "dora"),
+    (re.compile(r"\.(diff_b)$"), "diff_b"),
+    (re.compile(r"\.(set_weight)$"), "set_weight"),
 ]
 # Adapter kinds this loader cannot apply yet -> named in the unused-keys warning.
 _UNSUPPORTED = [(r"\.(a1|a2|b1|b2)\.weight$", "GLoRA"),
-                (r"\.oft_(blocks|diag)$", "OFT"), (r"\.oft_R$", "BOFT"), (r"\.diff_b$", "bias patch (.diff_b)"),
-                (r"\.set_weight$", ".set_weight")]
+                (r"\.oft_(blocks|diag)$", "OFT"), (r"\.oft_R$", "BOFT"), ]
 # Key fragments of other model families' LoRAs -> the family they belong to.
 _FAMILIES = [
     (re.compile(r"(^|[._])(double_blocks|single_blocks)[._]"), "Flux (BFL format)"),
@@ -154,8 +156,8 @@ class _Adapter:
     `part` of one Linear."""
 
     target: _Target
-    kind: str  # 'lora' | 'lokr' | 'dense'
-    t1: torch.Tensor  # A [r, in]  | w1 [a1, b1] | delta [rows, in]
+    kind: str  # 'lora' | 'lokr' | 'dense' | 'bias' | 'set'
+    t1: torch.Tensor  # A [r, in]  | w1 [a1, b1] | delta [rows, in] | bias delta [rows] | new weight [rows, in]
     t2: torch.Tensor  # B [out, r] | w2 [a2, b2] | unused (empty)
     scale: float
     keys: list[str]
@@ -184,6 +186,8 @@ class _Adapter:
         return d * self.scale
 
     def apply(self, x: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, s: float) -> torch.Tensor:
+        if self.kind == "bias":
+            return (t1 * s).expand(*x.shape[:-1], t1.shape[0])
         if self.kind == "dense":
             return (x @ t1.T) * s
         if self.kind == "lora":
@@ -274,10 +278,26 @@ class LoraPatch:
             d = torch.zeros(m.out_features, m.in_features, dtype=torch.float32)
             rows = m.out_features // 3
             for a in adapters:
+                if a.kind == "bias":
+                    continue
                 p = a.target.part
                 sl = slice(None) if p is None else slice(p * rows, (p + 1) * rows)
                 d[sl] += _resolve_dora(a, m).delta_weight().to(d.device)
-            out[name] = d * self.strength
+            if any(a.kind != "bias" for a in adapters):
+                out[name] = d * self.strength
+        return out
+
+    def delta_biases(self, dit: ZImageDiT) -> dict[str, torch.Tensor]:
+        """module name -> fp32 bias delta [out] at this patch's strength (`.diff_b` patches)."""
+        out = {}
+        for a in self.adapters:
+            if a.kind != "bias":
+                continue
+            m = dit.get_submodule(a.target.module)
+            d = out.setdefault(a.target.module, torch.zeros(m.out_features))
+            rows = m.out_features // 3
+            p = a.target.part
+            d[slice(None) if p is None else slice(p * rows, (p + 1) * rows)] += a.t1.float() * self.strength
         return out
 
 
@@ -294,6 +314,8 @@ def _base_rows(m: Linear, part: int | None) -> torch.Tensor:
 def _resolve_dora(a: _Adapter, m: Linear) -> _Adapter:
     """A DoRA adapter as a dense delta W' - W (needs the base weight); others unchanged. Strength scales
     W' - W linearly (strength 0 = base model, 1 = the trained W')."""
+    if a.kind == "set":  # .set_weight: W' = S, as the delta S - W
+        return _Adapter(a.target, "dense", a.t1.float() - _base_rows(m, a.target.part), torch.empty(0), 1.0, a.keys)
     if a.dora is None:
         return a
     d = a.dora_delta(_base_rows(m, a.target.part))
@@ -331,7 +353,7 @@ def parse_lora(sd: dict[str, torch.Tensor], cfg: DiTConfig, path: str = "<state 
             m = rx.search(k)
             if m:
                 base = k[: m.start()]
-                slot = m.group(1) if role in ("lokr", "loha", "diff", "dora") else role
+                slot = m.group(1) if role in ("lokr", "loha", "diff", "dora", "diff_b", "set_weight") else role
                 groups.setdefault(base, {})[slot] = (key, t)
                 break
         else:
@@ -342,9 +364,12 @@ def parse_lora(sd: dict[str, torch.Tensor], cfg: DiTConfig, path: str = "<state 
 
     chosen: dict[tuple[str, int | None], _Adapter] = {}
     shape_errors = []
+    for base, slots in list(groups.items()):
+        if "diff_b" in slots and len(slots) > 1:  # a bias patch next to a weight patch: its own adapter
+            groups[base + "#bias"] = {"diff_b": slots.pop("diff_b")}
     for base, slots in groups.items():
         keys = [k for k, _ in slots.values()]
-        target = table.get(_canon(base))
+        target = table.get(_canon(base.removesuffix("#bias")))
         if target is None:
             unused.extend(keys)
             continue
@@ -361,14 +386,18 @@ def parse_lora(sd: dict[str, torch.Tensor], cfg: DiTConfig, path: str = "<state 
             report.notes.append(f"{base}: {e}")
             unused.extend(keys)
             continue
-        m_out, m_in = _module_shape(cfg, target.module)
+        m_out, m_in, has_bias = _module_shape(cfg, target.module)
         rows = m_out // 3 if target.part is not None else m_out
-        want = (rows, m_in)
+        want = (rows, m_in) if ad.kind != "bias" else (rows,)
+        if ad.kind == "bias" and not has_bias:
+            report.notes.append(f"{base}: .diff_b on {target.module}, which has no bias")
+            unused.extend(keys)
+            continue
         got = _delta_shape(ad)
         if got != want:
             shape_errors.append(f"{base} {got} (the model's {target.module} needs {want})")
             continue
-        slot_key = (target.module, target.part)
+        slot_key = (target.module + ("#bias" if ad.kind == "bias" else ""), target.part)
         prev = chosen.get(slot_key)
         if prev is not None:
             keep, drop = (prev, ad) if prev.target.diffusers >= ad.target.diffusers else (ad, prev)
@@ -395,21 +424,21 @@ def parse_lora(sd: dict[str, torch.Tensor], cfg: DiTConfig, path: str = "<state 
     return adapters, report
 
 
-def _module_shape(cfg: DiTConfig, module: str) -> tuple[int, int]:
+def _module_shape(cfg: DiTConfig, module: str) -> tuple[int, int, bool]:
     return _module_shapes(cfg)[module]
 
 
 @functools.lru_cache(maxsize=8)
-def _module_shapes(cfg: DiTConfig) -> dict[str, tuple[int, int]]:
+def _module_shapes(cfg: DiTConfig) -> dict[str, tuple[int, int, bool]]:
     with torch.device("meta"):
         m = ZImageDiT(cfg)
-    return {n: (x.out_features, x.in_features) for n, x in m.named_modules() if isinstance(x, Linear)}
+    return {n: (x.out_features, x.in_features, x.bias is not None) for n, x in m.named_modules() if isinstance(x, Linear)}
 
 
 def _delta_shape(ad: _Adapter) -> tuple[int, int]:
     if ad.kind == "lora":
         return (ad.t2.shape[0], ad.t1.shape[1])
-    if ad.kind == "dense":
+    if ad.kind in ("dense", "set", "bias"):
         return tuple(ad.t1.shape)
     return (ad.t1.shape[0] * ad.t2.shape[0], ad.t1.shape[1] * ad.t2.shape[1])
 
@@ -432,6 +461,12 @@ def _make_adapter(target: _Target, slots: dict, alpha: float | None, keys: list[
         rank = a.shape[0]
         report.styles.add(_style(slots["A"][0]))
         return _Adapter(target, "lora", a, b, 1.0 if alpha is None else alpha / rank, keys)
+    if "diff_b" in slots:
+        report.styles.add("bias diff")
+        return _Adapter(target, "bias", slots["diff_b"][1].float().reshape(-1), torch.empty(0), 1.0, keys)
+    if "set_weight" in slots:
+        report.styles.add("set_weight")
+        return _Adapter(target, "set", _mat(slots["set_weight"][1]).float(), torch.empty(0), 1.0, keys)
     if "diff" in slots:
         report.styles.add("full diff")
         return _Adapter(target, "dense", _mat(slots["diff"][1]).float(), torch.empty(0), 1.0, keys)
@@ -542,6 +577,10 @@ def _merged_weight(m: Linear, delta: torch.Tensor) -> torch.nn.Parameter:
     return torch.nn.Parameter(w, requires_grad=False)
 
 
+def _merged_bias(m: Linear, delta: torch.Tensor) -> torch.nn.Parameter:
+    return torch.nn.Parameter((m.bias.float() + delta.to(m.bias.device)).to(m.bias.dtype), requires_grad=False)
+
+
 def merged_copy(dit: ZImageDiT, patches: LoraPatch | list[LoraPatch]) -> ZImageDiT:
     """A new DiT with the LoRA(s) merged into the weights; untouched tensors are shared with `dit`,
     which stays unchanged. Refuses fp8-stored weights (see `_check_mergeable`)."""
@@ -562,6 +601,10 @@ def merged_copy(dit: ZImageDiT, patches: LoraPatch | list[LoraPatch]) -> ZImageD
     for name, d in deltas.items():
         m = new.get_submodule(name)
         m.weight = _merged_weight(m, d)
+    for p in patches:
+        for name, d in p.delta_biases(dit).items():
+            m = new.get_submodule(name)
+            m.bias = _merged_bias(m, d)
     return new
 
 
@@ -573,12 +616,16 @@ def merge_lora(dit: ZImageDiT, patch: LoraPatch) -> Callable[[], None]:
         _check_mergeable(dit.get_submodule(name), name)
     for name, d in deltas.items():
         m = dit.get_submodule(name)
-        saved[name] = m.weight
+        saved[(name, "weight")] = m.weight
         m.weight = _merged_weight(m, d)
+    for name, d in patch.delta_biases(dit).items():
+        m = dit.get_submodule(name)
+        saved[(name, "bias")] = m.bias
+        m.bias = _merged_bias(m, d)
 
     def unmerge():
-        for name, w in saved.items():
-            dit.get_submodule(name).weight = w
+        for (name, attr), w in saved.items():
+            setattr(dit.get_submodule(name), attr, w)
         saved.clear()
 
     return unmerge
