@@ -464,3 +464,24 @@ def test_a_file_mixing_lora_loha_diff_b_and_set_weight_loads_with_no_unused_key(
     assert rel_err(run(dit), ref) <= 1e-5
     unmerge()
     assert torch.equal(dit.get_submodule(biased[0]).bias, state[biased[0] + ".bias"])
+
+
+def test_glora_matches_its_formula_on_split_qkv_rows_and_a_plain_linear(setup, tmp_path):
+    _, state, _, dit = setup
+    g = torch.Generator().manual_seed(13)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.1  # noqa: E731
+    sd, merged = {}, {k: v.clone() for k, v in state.items()}
+    for key, name, rows in (("lycoris_layers_0_attention_to_k", "layers.0.attention.qkv", slice(64, 128)),
+                            ("lycoris_layers_1_feed_forward_w2", "layers.1.feed_forward.w2", slice(None))):
+        w = state[name + ".weight"][rows]
+        o, i = w.shape
+        a1, a2, b1, b2 = r(i, 3), r(3, i), r(o, 3), r(3, i)
+        sd.update({f"{key}.a1.weight": a1, f"{key}.a2.weight": a2, f"{key}.b1.weight": b1, f"{key}.b2.weight": b2,
+                   f"{key}.alpha": torch.tensor(1.5)})
+        merged[name + ".weight"][rows] += 0.9 * (w @ a1 @ a2 + b1 @ b2) * (1.5 / 3)
+    save_file(sd, str(tmp_path / "glora.safetensors"))
+    patch = load_lora(tmp_path / "glora.safetensors", dit, strength=0.9)
+    assert patch.report.unused == [] and "GLoRA" in patch.report.styles
+    ref = run(make_dit(merged))
+    assert rel_err(run(dit, patch), ref) <= 1e-5
+    assert rel_err(run(merged_copy(dit, patch)), ref) <= 1e-5

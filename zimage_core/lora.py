@@ -25,7 +25,8 @@ DoRA (`.dora_scale` next to a LoRA/LoHa/LoKr/diff): W' = m * (W + dW) / ||W + dW
 (m [out] or [out, 1], PEFT) or per input column (m [1, in], LyCORIS); applied as the dense delta W' - W
 built at install/merge from the base weight, times strength.
 Bias `.diff_b`: y += strength * db on modules that have a bias. `.set_weight` S: W' = W + strength * (S - W).
-Not applied (named in the unused-keys warning): GLoRA, OFT/BOFT.
+GLoRA (a1 [in, r], a2 [r, in], b1 [out, r], b2 [r, in]): dW = (W a1 a2 + b1 b2) * alpha / a2.shape[0].
+Not applied (named in the unused-keys warning): OFT/BOFT.
 
 Application (`LoraPatch`, the `patching` protocol): a runtime output patch on each targeted `Linear`,
     y[..., rows] += strength * scale * (x @ A.T) @ B.T          (LoKr: x @ kron(w1, w2).T, computed as
@@ -71,11 +72,11 @@ _SUFFIXES = [
     (re.compile(r"\.(diff)$"), "diff"),
     (re.compile(r"\.(dora_scale)$"), "dora"),
     (re.compile(r"\.(diff_b)$"), "diff_b"),
+    (re.compile(r"\.(a1|a2|b1|b2)\.weight$"), "glora"),
     (re.compile(r"\.(set_weight)$"), "set_weight"),
 ]
 # Adapter kinds this loader cannot apply yet -> named in the unused-keys warning.
-_UNSUPPORTED = [(r"\.(a1|a2|b1|b2)\.weight$", "GLoRA"),
-                (r"\.oft_(blocks|diag)$", "OFT"), (r"\.oft_R$", "BOFT"), ]
+_UNSUPPORTED = [(r"\.oft_(blocks|diag)$", "OFT"), (r"\.oft_R$", "BOFT"), ]
 # Key fragments of other model families' LoRAs -> the family they belong to.
 _FAMILIES = [
     (re.compile(r"(^|[._])(double_blocks|single_blocks)[._]"), "Flux (BFL format)"),
@@ -161,6 +162,7 @@ class _Adapter:
     t2: torch.Tensor  # B [out, r] | w2 [a2, b2] | unused (empty)
     scale: float
     keys: list[str]
+    extra: tuple = ()  # GLoRA: (b1 [out, r], b2 [r, in]) beside t1 = a1 [in, r], t2 = a2 [r, in]
     dora: torch.Tensor | None = None  # DoRA magnitude: [rows] / [rows, 1] (output axis) or [1, in] (input axis)
 
     def dora_delta(self, w: torch.Tensor) -> torch.Tensor:
@@ -314,8 +316,14 @@ def _base_rows(m: Linear, part: int | None) -> torch.Tensor:
 def _resolve_dora(a: _Adapter, m: Linear) -> _Adapter:
     """A DoRA adapter as a dense delta W' - W (needs the base weight); others unchanged. Strength scales
     W' - W linearly (strength 0 = base model, 1 = the trained W')."""
-    if a.kind == "set":  # .set_weight: W' = S, as the delta S - W
-        return _Adapter(a.target, "dense", a.t1.float() - _base_rows(m, a.target.part), torch.empty(0), 1.0, a.keys)
+    if a.kind in ("set", "glora"):
+        w = _base_rows(m, a.target.part)
+        if a.kind == "set":  # .set_weight: W' = S, as the delta S - W
+            d = a.t1.float() - w
+        else:  # GLoRA: dW = (W a1 a2 + b1 b2) * alpha / rank
+            b1, b2 = a.extra
+            d = (w @ a.t1.float() @ a.t2.float() + b1.float() @ b2.float()) * a.scale
+        a = _Adapter(a.target, "dense", d, torch.empty(0), 1.0, a.keys, dora=a.dora)
     if a.dora is None:
         return a
     d = a.dora_delta(_base_rows(m, a.target.part))
@@ -353,7 +361,7 @@ def parse_lora(sd: dict[str, torch.Tensor], cfg: DiTConfig, path: str = "<state 
             m = rx.search(k)
             if m:
                 base = k[: m.start()]
-                slot = m.group(1) if role in ("lokr", "loha", "diff", "dora", "diff_b", "set_weight") else role
+                slot = m.group(1) if role in ("lokr", "loha", "diff", "dora", "diff_b", "set_weight", "glora") else role
                 groups.setdefault(base, {})[slot] = (key, t)
                 break
         else:
@@ -440,6 +448,8 @@ def _delta_shape(ad: _Adapter) -> tuple[int, int]:
         return (ad.t2.shape[0], ad.t1.shape[1])
     if ad.kind in ("dense", "set", "bias"):
         return tuple(ad.t1.shape)
+    if ad.kind == "glora":
+        return (ad.extra[0].shape[0], ad.extra[1].shape[1])
     return (ad.t1.shape[0] * ad.t2.shape[0], ad.t1.shape[1] * ad.t2.shape[1])
 
 
@@ -467,6 +477,17 @@ def _make_adapter(target: _Target, slots: dict, alpha: float | None, keys: list[
     if "set_weight" in slots:
         report.styles.add("set_weight")
         return _Adapter(target, "set", _mat(slots["set_weight"][1]).float(), torch.empty(0), 1.0, keys)
+    gl = {k: _mat(v[1]) for k, v in slots.items() if k in ("a1", "a2", "b1", "b2")}
+    if gl:
+        if len(gl) < 4:
+            raise ValueError("GLoRA without all of a1, a2, b1, b2")
+        a1, a2, b1, b2 = gl["a1"], gl["a2"], gl["b1"], gl["b2"]
+        if not (a1.shape[0] == a2.shape[1] == b2.shape[1] and a1.shape[1] == a2.shape[0] and b1.shape[1] == b2.shape[0]):
+            raise ValueError(f"GLoRA shapes a1 {tuple(a1.shape)}, a2 {tuple(a2.shape)}, b1 {tuple(b1.shape)}, "
+                             f"b2 {tuple(b2.shape)} are not the current LyCORIS layout (old GLoRA is not supported)")
+        report.styles.add("GLoRA")
+        scale = 1.0 if alpha is None else alpha / a2.shape[0]
+        return _Adapter(target, "glora", a1, a2, scale, keys, extra=(b1, b2))
     if "diff" in slots:
         report.styles.add("full diff")
         return _Adapter(target, "dense", _mat(slots["diff"][1]).float(), torch.empty(0), 1.0, keys)
