@@ -393,11 +393,11 @@ def test_an_adapter_kind_that_cannot_be_applied_is_named_in_the_warning(setup, t
     _, state, _, dit = setup
     k = "diffusion_model.layers.0.attention.to_q"
     sd = {k + ".lora_A.weight": torch.randn(4, 64) * 0.1, k + ".lora_B.weight": torch.randn(64, 4) * 0.1,
-          k + ".oft_blocks": torch.randn(4, 16, 16)}
+          k + ".oft_R": torch.randn(4, 16, 16)}
     save_file(sd, str(tmp_path / "mixed.safetensors"))
-    with pytest.warns(UserWarning, match=r"OFT is not supported"):
+    with pytest.warns(UserWarning, match=r"BOFT is not supported"):
         patch = load_lora(tmp_path / "mixed.safetensors", dit)
-    assert patch.report.unused == [k + ".oft_blocks"]
+    assert patch.report.unused == [k + ".oft_R"]
 
 
 def test_dora_on_either_axis_matches_the_trainers_formula_and_comfyui_differs_on_the_output_axis(setup, tmp_path):
@@ -485,3 +485,23 @@ def test_glora_matches_its_formula_on_split_qkv_rows_and_a_plain_linear(setup, t
     ref = run(make_dit(merged))
     assert rel_err(run(dit, patch), ref) <= 1e-5
     assert rel_err(run(merged_copy(dit, patch)), ref) <= 1e-5
+
+
+def test_oft_matches_the_cayley_rotation_formula(setup, tmp_path):
+    _, state, _, dit = setup
+    g = torch.Generator().manual_seed(17)
+    name = "layers.0.attention.out"
+    w = state[name + ".weight"].float()
+    k, n = 4, w.shape[0] // 4
+    blocks = torch.randn(k, n, n, generator=g) * 0.05
+    save_file({f"lycoris_{name.replace('.', '_')}.oft_blocks": blocks}, str(tmp_path / "oft.safetensors"))
+    patch = load_lora(tmp_path / "oft.safetensors", dit, strength=0.8)
+    assert patch.report.unused == [] and "OFT" in patch.report.styles
+    q = blocks - blocks.transpose(1, 2)
+    eye = torch.eye(n)
+    rot = torch.block_diag(*[(eye + qi) @ torch.linalg.inv(eye - qi) for qi in q])
+    expect = rot.T @ w
+    merged = dict(state)
+    merged[name + ".weight"] = w + 0.8 * (expect - w)
+    assert rel_err(patch.delta_weights(dit)[name], 0.8 * (expect - w)) <= 1e-5
+    assert rel_err(run(dit, patch), run(make_dit(merged))) <= 1e-5

@@ -26,7 +26,9 @@ DoRA (`.dora_scale` next to a LoRA/LoHa/LoKr/diff): W' = m * (W + dW) / ||W + dW
 built at install/merge from the base weight, times strength.
 Bias `.diff_b`: y += strength * db on modules that have a bias. `.set_weight` S: W' = W + strength * (S - W).
 GLoRA (a1 [in, r], a2 [r, in], b1 [out, r], b2 [r, in]): dW = (W a1 a2 + b1 b2) * alpha / a2.shape[0].
-Not applied (named in the unused-keys warning): OFT/BOFT.
+OFT (oft_blocks [k, n, n], k*n = rows): W' = blockdiag(R_k)^T W with R = (I + Q)(I - Q)^-1, Q = B - B^T
+(Q rescaled to norm alpha when alpha > 0 and ||Q|| > alpha); strength scales W' - W.
+Not applied (named in the unused-keys warning): BOFT (oft_R), OFT with oft_diag.
 
 Application (`LoraPatch`, the `patching` protocol): a runtime output patch on each targeted `Linear`,
     y[..., rows] += strength * scale * (x @ A.T) @ B.T          (LoKr: x @ kron(w1, w2).T, computed as
@@ -72,11 +74,12 @@ _SUFFIXES = [
     (re.compile(r"\.(diff)$"), "diff"),
     (re.compile(r"\.(dora_scale)$"), "dora"),
     (re.compile(r"\.(diff_b)$"), "diff_b"),
+    (re.compile(r"\.(oft_blocks)$"), "oft"),
     (re.compile(r"\.(a1|a2|b1|b2)\.weight$"), "glora"),
     (re.compile(r"\.(set_weight)$"), "set_weight"),
 ]
 # Adapter kinds this loader cannot apply yet -> named in the unused-keys warning.
-_UNSUPPORTED = [(r"\.oft_(blocks|diag)$", "OFT"), (r"\.oft_R$", "BOFT"), ]
+_UNSUPPORTED = [(r"\.oft_diag$", "OFT (oft_diag)"), (r"\.oft_R$", "BOFT"), ]
 # Key fragments of other model families' LoRAs -> the family they belong to.
 _FAMILIES = [
     (re.compile(r"(^|[._])(double_blocks|single_blocks)[._]"), "Flux (BFL format)"),
@@ -316,10 +319,20 @@ def _base_rows(m: Linear, part: int | None) -> torch.Tensor:
 def _resolve_dora(a: _Adapter, m: Linear) -> _Adapter:
     """A DoRA adapter as a dense delta W' - W (needs the base weight); others unchanged. Strength scales
     W' - W linearly (strength 0 = base model, 1 = the trained W')."""
-    if a.kind in ("set", "glora"):
+    if a.kind in ("set", "glora", "oft"):
         w = _base_rows(m, a.target.part)
         if a.kind == "set":  # .set_weight: W' = S, as the delta S - W
             d = a.t1.float() - w
+        elif a.kind == "oft":  # OFT: W' = blockdiag(R_k)^T W, R = Cayley(Q) = (I + Q)(I - Q)^-1, Q = B - B^T
+            blocks = a.t1.float()  # [k, n, n]
+            k, n, _ = blocks.shape
+            q = blocks - blocks.transpose(1, 2)
+            if a.scale > 0:  # alpha is a norm constraint on Q
+                qn = q.norm() + 1e-8
+                q = q * (a.scale / qn) if qn > a.scale else q
+            eye = torch.eye(n)
+            r = (eye + q) @ torch.linalg.inv(eye - q)
+            d = torch.einsum("k n m, k n i -> k m i", r - eye, w.reshape(k, n, -1)).reshape(w.shape)
         else:  # GLoRA: dW = (W a1 a2 + b1 b2) * alpha / rank
             b1, b2 = a.extra
             d = (w @ a.t1.float() @ a.t2.float() + b1.float() @ b2.float()) * a.scale
@@ -361,7 +374,7 @@ def parse_lora(sd: dict[str, torch.Tensor], cfg: DiTConfig, path: str = "<state 
             m = rx.search(k)
             if m:
                 base = k[: m.start()]
-                slot = m.group(1) if role in ("lokr", "loha", "diff", "dora", "diff_b", "set_weight", "glora") else role
+                slot = m.group(1) if role in ("lokr", "loha", "diff", "dora", "diff_b", "set_weight", "glora", "oft") else role
                 groups.setdefault(base, {})[slot] = (key, t)
                 break
         else:
@@ -397,11 +410,14 @@ def parse_lora(sd: dict[str, torch.Tensor], cfg: DiTConfig, path: str = "<state 
         m_out, m_in, has_bias = _module_shape(cfg, target.module)
         rows = m_out // 3 if target.part is not None else m_out
         want = (rows, m_in) if ad.kind != "bias" else (rows,)
+        if ad.kind == "oft":
+            k, n, _ = ad.t1.shape
+            got = (k * n, m_in)
         if ad.kind == "bias" and not has_bias:
             report.notes.append(f"{base}: .diff_b on {target.module}, which has no bias")
             unused.extend(keys)
             continue
-        got = _delta_shape(ad)
+        got = got if ad.kind == "oft" else _delta_shape(ad)
         if got != want:
             shape_errors.append(f"{base} {got} (the model's {target.module} needs {want})")
             continue
@@ -448,6 +464,8 @@ def _delta_shape(ad: _Adapter) -> tuple[int, int]:
         return (ad.t2.shape[0], ad.t1.shape[1])
     if ad.kind in ("dense", "set", "bias"):
         return tuple(ad.t1.shape)
+    if ad.kind == "oft":
+        return None  # checked against the module below
     if ad.kind == "glora":
         return (ad.extra[0].shape[0], ad.extra[1].shape[1])
     return (ad.t1.shape[0] * ad.t2.shape[0], ad.t1.shape[1] * ad.t2.shape[1])
@@ -488,6 +506,12 @@ def _make_adapter(target: _Target, slots: dict, alpha: float | None, keys: list[
         report.styles.add("GLoRA")
         scale = 1.0 if alpha is None else alpha / a2.shape[0]
         return _Adapter(target, "glora", a1, a2, scale, keys, extra=(b1, b2))
+    if "oft_blocks" in slots:
+        blocks = slots["oft_blocks"][1]
+        if blocks.ndim != 3 or blocks.shape[1] != blocks.shape[2]:
+            raise ValueError(f"oft_blocks {tuple(blocks.shape)} is not [blocks, size, size] (BOFT is not supported)")
+        report.styles.add("OFT")
+        return _Adapter(target, "oft", blocks, torch.empty(0), 0.0 if alpha is None else alpha, keys)
     if "diff" in slots:
         report.styles.add("full diff")
         return _Adapter(target, "dense", _mat(slots["diff"][1]).float(), torch.empty(0), 1.0, keys)
