@@ -358,7 +358,7 @@ def test_lora_loader_and_stack_nodes(pack, nodes, setup, tmp_path):
 def test_loha_tucker_loha_and_full_diff_match_their_published_formulas(setup, tmp_path):
     _, state, _, dit = setup
     g = torch.Generator().manual_seed(7)
-    r = lambda *s: torch.randn(*s, generator=g) * 0.2  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g) * 0.2
     sd, deltas = {}, []
     # LoHa on to_k (rows 64:128 of the fused qkv): (w1a @ w1b) * (w2a @ w2b) * alpha / rank
     k = "lycoris_layers_0_attention_to_k"
@@ -390,7 +390,7 @@ def test_loha_tucker_loha_and_full_diff_match_their_published_formulas(setup, tm
 
 
 def test_an_adapter_kind_that_cannot_be_applied_is_named_in_the_warning(setup, tmp_path):
-    _, state, _, dit = setup
+    _, _, _, dit = setup
     k = "diffusion_model.layers.0.attention.to_q"
     sd = {k + ".lora_A.weight": torch.randn(4, 64) * 0.1, k + ".lora_B.weight": torch.randn(64, 4) * 0.1,
           k + ".oft_R": torch.randn(4, 16, 16)}
@@ -431,7 +431,7 @@ def test_dora_on_either_axis_matches_the_trainers_formula_and_comfyui_differs_on
 def test_a_file_mixing_lora_loha_diff_b_and_set_weight_loads_with_no_unused_key(setup, tmp_path):
     _, state, _, dit = setup
     g = torch.Generator().manual_seed(11)
-    r = lambda *s: torch.randn(*s, generator=g) * 0.1  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g) * 0.1
     biased = [k[: -len(".bias")] for k in state if k.endswith(".bias") and k[: -len(".bias")] + ".weight" in state
               and state[k[: -len(".bias")] + ".weight"].ndim == 2]
     assert biased, "the tiny DiT has Linear layers with a bias"
@@ -469,7 +469,7 @@ def test_a_file_mixing_lora_loha_diff_b_and_set_weight_loads_with_no_unused_key(
 def test_glora_matches_its_formula_on_split_qkv_rows_and_a_plain_linear(setup, tmp_path):
     _, state, _, dit = setup
     g = torch.Generator().manual_seed(13)
-    r = lambda *s: torch.randn(*s, generator=g) * 0.1  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g) * 0.1
     sd, merged = {}, {k: v.clone() for k, v in state.items()}
     for key, name, rows in (("lycoris_layers_0_attention_to_k", "layers.0.attention.qkv", slice(64, 128)),
                             ("lycoris_layers_1_feed_forward_w2", "layers.1.feed_forward.w2", slice(None))):

@@ -1,4 +1,5 @@
-"""LoRA / LoKr adapters for the Z-Image DiT, in every key style trainers write.
+"""LoRA-family adapters for the Z-Image DiT (LoRA, LoKr, LoHa, GLoRA, OFT, DoRA, .diff, .diff_b, .set_weight),
+in every key style trainers write.
 
 Key styles understood (all may carry a `.alpha`; prefixes `transformer.`, `diffusion_model.`,
 `model.diffusion_model.`, `base_model.model.`, `lora_unet_`, `lycoris_` are stripped):
