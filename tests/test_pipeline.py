@@ -202,3 +202,45 @@ def test_cli_keeps_freed_memory_on_glibc_unless_turned_off():
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "ZIMAGE_KEEP_FREED_MEMORY": "0"}).stdout.strip()
     assert off == "False"
+
+
+def test_cli_applies_two_loras_with_strengths_like_the_patched_pipeline(tmp_path, tiny, ours):
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from zimage_core.cli import parse_lora_arg
+    from zimage_core.lora import load_lora
+    from zimage_core.patching import PatchedDiT
+
+    assert parse_lora_arg("C:\\loras\\a.safetensors:0.5") == ("C:\\loras\\a.safetensors", 0.5)
+    assert parse_lora_arg("C:\\loras\\a.safetensors") == ("C:\\loras\\a.safetensors", 1.0)
+    g = torch.Generator().manual_seed(3)
+    lora, loha = {}, {}
+    for name, m in ours.dit.named_modules():
+        if name.startswith("layers.") and hasattr(m, "patches"):
+            o, i = m.out_features, m.in_features
+            if "attention" in name:
+                lora[f"diffusion_model.{name}.lora_down.weight"] = torch.randn(4, i, generator=g) / i ** 0.5
+                lora[f"diffusion_model.{name}.lora_up.weight"] = torch.randn(o, 4, generator=g) * 0.3
+            else:
+                for j in (1, 2):
+                    loha[f"lycoris_{name.replace('.', '_')}.hada_w{j}_a"] = torch.randn(o, 2, generator=g) * 0.4
+                    loha[f"lycoris_{name.replace('.', '_')}.hada_w{j}_b"] = torch.randn(2, i, generator=g) / i ** 0.5
+    save_file(lora, str(tmp_path / "a.safetensors"))
+    save_file(loha, str(tmp_path / "b.safetensors"))
+    tiny_root = tiny["dit"].parent.parent
+    out = tmp_path / "lora.png"
+    r = subprocess.run([sys.executable, "-m", "zimage_core", "generate", "--tiny", "--tiny-dir", str(tiny_root),
+                        "--prompt", PROMPT, "--width", "128", "--height", "96", "--steps", "4", "--seed", "9",
+                        "--weight-dtype", "fp32", "--lora", f"{tmp_path / 'a.safetensors'}:0.8",
+                        "--lora", f"{tmp_path / 'b.safetensors'}:1.5", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "a.safetensors:" in r.stderr and "modules patched" in r.stderr and "LoHa" in r.stderr
+    patches = (load_lora(tmp_path / "a.safetensors", ours.dit, 0.8), load_lora(tmp_path / "b.safetensors", ours.dit, 1.5))
+    with PatchedDiT(ours.dit, patches).applied():
+        ref = ours.generate(PROMPT, None, 128, 96, 4, 1.0, 3.0, 9)
+    plain = ours.generate(PROMPT, None, 128, 96, 4, 1.0, 3.0, 9)
+    got = np.asarray(Image.open(out).convert("RGB")).astype(np.int32)
+    assert np.abs(got - pixels(ref)[0]).max() <= 1
+    assert np.abs(got - pixels(plain)[0]).max() > 10  # the LoRAs change the picture

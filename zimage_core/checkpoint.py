@@ -179,7 +179,10 @@ def identify(keys: list[str], shape=lambda k: None) -> Identity:
     def ends(suffix: str) -> str | None:
         return next((k for k in ks if k.endswith(suffix)), None)
 
-    if has("lora_A") or has("lora_down") or has("lora_up") or has("lora_B") or has("lokr_w") or has(".lora.down"):
+    if (has("lora_A") or has("lora_down") or has("lora_up") or has("lora_B") or has("lokr_w") or has(".lora.down")
+            or has("hada_w1_")
+            or any(k.endswith((".diff", ".diff_b", ".set_weight", ".a1.weight")) for k in ks)
+            or has(".oft_blocks")):
         return Identity("lora", "a LoRA", "ZImageLoraLoader")
     tk = ends("t_embedder.mlp.2.weight")
     if ends("cap_embedder.1.weight") and tk:

@@ -107,6 +107,17 @@ def cmd_make_tiny(args) -> int:
     return 0
 
 
+def parse_lora_arg(text: str) -> tuple[str, float]:
+    """'FILE[:STRENGTH]' -> (file, strength); a drive letter's colon (C:\\x) is part of the file."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
 def cmd_generate(args) -> int:
     import torch
 
@@ -132,6 +143,14 @@ def cmd_generate(args) -> int:
     t0 = time.perf_counter()
     pipe = ZImagePipeline.from_files(args.dit, args.text_encoder, args.vae, args.tokenizer, args.weight_dtype, args.device,
                                      args.memory)
+    patches = []
+    for spec in args.lora or []:
+        from .lora import load_lora
+
+        path, strength = parse_lora_arg(spec)
+        patch = load_lora(path, pipe.dit, strength)  # warns (stderr) about unused keys, like the node
+        print(f"LoRA {patch.report.summary()} at strength {strength:g}", file=sys.stderr)
+        patches.append(patch)
     t_load = time.perf_counter() - t0
     params = {k: v for k, v in vars(args).items() if k not in ("func", "tiny_dir", "threads")}
     params = {k: str(v) if isinstance(v, Path) else v for k, v in params.items()}
@@ -140,12 +159,15 @@ def cmd_generate(args) -> int:
     controls = _controls(args, image, mask)
     if args.control_inpaint:  # the image and mask go to the ControlNet, not to latent inpainting
         image = mask = None
-    images = pipe.generate(
-        args.prompt, args.negative_prompt, args.width, args.height, args.steps, args.cfg, args.shift, args.seed,
-        args.batch, parse_sigmas(args.sigmas) if args.sigmas else None, image, args.denoise, mask,
-        args.cfg_truncation, args.cfg_normalization, ProgressBar(args.steps), sampler=args.sampler,
-        scheduler=args.scheduler, controls=controls,
-    )
+    from .patching import PatchedDiT
+
+    with PatchedDiT(pipe.dit, tuple(patches)).applied():
+        images = pipe.generate(
+            args.prompt, args.negative_prompt, args.width, args.height, args.steps, args.cfg, args.shift, args.seed,
+            args.batch, parse_sigmas(args.sigmas) if args.sigmas else None, image, args.denoise, mask,
+            args.cfg_truncation, args.cfg_normalization, ProgressBar(args.steps), sampler=args.sampler,
+            scheduler=args.scheduler, controls=controls,
+        )
     out = Path(args.out)
     for i, img in enumerate(images):
         path = out if len(images) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
@@ -237,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     g.add_argument("--tiny", action="store_true", help="use (and create if needed) the tiny random test models")
     g.add_argument("--tiny-dir", default=str(_tiny_dir()))
+    g.add_argument("--lora", action="append", metavar="FILE[:STRENGTH]",
+                   help="apply a LoRA/LoHa/LoKr/DoRA file (strength default 1); repeat for several")
     g.add_argument("--out", default="out.png")
     g.set_defaults(func=cmd_generate)
 

@@ -1,4 +1,5 @@
-"""LoRA / LoKr adapters for the Z-Image DiT, in every key style trainers write.
+"""LoRA-family adapters for the Z-Image DiT (LoRA, LoKr, LoHa, GLoRA, OFT, DoRA, .diff, .diff_b, .set_weight),
+in every key style trainers write.
 
 Key styles understood (all may carry a `.alpha`; prefixes `transformer.`, `diffusion_model.`,
 `model.diffusion_model.`, `base_model.model.`, `lora_unet_`, `lycoris_` are stripped):
@@ -8,6 +9,8 @@ Key styles understood (all may carry a `.alpha`; prefixes `transformer.`, `diffu
   ComfyUI-native     diffusion_model.layers.0.attention.qkv.lora_down.weight, lora_unet_layers_0_attention_out.*
   dot style          layers.0.attention.to.q.lora.down.weight / .lora.up.weight
   LoKr (LyCORIS)     ....lokr_w1 / .lokr_w2, or factorised .lokr_w1_a/.lokr_w1_b/.lokr_w2_a/.lokr_w2_b
+  LoHa (LyCORIS)     ....hada_w1_a/.hada_w1_b/.hada_w2_a/.hada_w2_b (+ Tucker cores .hada_t1/.hada_t2)
+  full difference    ....diff (the weight delta itself, applied at scale 1)
 Module names are matched after folding '.', '_' and '-' together and ignoring case, against every alias
 of each `Linear` of our (native-named) DiT: native (`attention.qkv`, `attention.out`, `x_embedder`,
 `final_layer.*`) and diffusers (`attention.to_q|to_k|to_v`, `to_out.0`, `all_x_embedder.2-1`,
@@ -17,7 +20,16 @@ adaLN_modulation), x/cap/t embedders and the final layer.
 
 Scaling: LoRA delta = (alpha / rank) * B @ A, alpha absent -> 1. LoKr delta = kron(w1, w2) with w = a @ b
 for factorised parts; scaled by alpha / (rank of the factorised part) when a part is factorised and
-alpha is given, else 1 (LyCORIS / ComfyUI convention).
+alpha is given, else 1 (LyCORIS / ComfyUI convention). LoHa delta = (w1_a @ w1_b) * (w2_a @ w2_b)
+(elementwise), scaled by alpha / w1_b.shape[0]; LoHa and .diff deltas are built once at load (dense).
+DoRA (`.dora_scale` next to a LoRA/LoHa/LoKr/diff): W' = m * (W + dW) / ||W + dW||, norm per output row
+(m [out] or [out, 1], PEFT) or per input column (m [1, in], LyCORIS); applied as the dense delta W' - W
+built at install/merge from the base weight, times strength.
+Bias `.diff_b`: y += strength * db on modules that have a bias. `.set_weight` S: W' = W + strength * (S - W).
+GLoRA (a1 [in, r], a2 [r, in], b1 [out, r], b2 [r, in]): dW = (W a1 a2 + b1 b2) * alpha / a2.shape[0].
+OFT (oft_blocks [k, n, n], k*n = rows): W' = blockdiag(R_k)^T W with R = (I + Q)(I - Q)^-1, Q = B - B^T
+(Q rescaled to norm alpha when alpha > 0 and ||Q|| > alpha); strength scales W' - W.
+Not applied (named in the unused-keys warning): BOFT (oft_R), OFT with oft_diag.
 
 Application (`LoraPatch`, the `patching` protocol): a runtime output patch on each targeted `Linear`,
     y[..., rows] += strength * scale * (x @ A.T) @ B.T          (LoKr: x @ kron(w1, w2).T, computed as
@@ -59,7 +71,16 @@ _SUFFIXES = [
     (re.compile(r"\.lora\.up\.weight$"), "B"),
     (re.compile(r"\.alpha$"), "alpha"),
     (re.compile(r"\.(lokr_w[12](?:_[ab])?)$"), "lokr"),
+    (re.compile(r"\.(hada_w[12]_[ab]|hada_t[12])$"), "loha"),
+    (re.compile(r"\.(diff)$"), "diff"),
+    (re.compile(r"\.(dora_scale)$"), "dora"),
+    (re.compile(r"\.(diff_b)$"), "diff_b"),
+    (re.compile(r"\.(oft_blocks)$"), "oft"),
+    (re.compile(r"\.(a1|a2|b1|b2)\.weight$"), "glora"),
+    (re.compile(r"\.(set_weight)$"), "set_weight"),
 ]
+# Adapter kinds this loader cannot apply yet -> named in the unused-keys warning.
+_UNSUPPORTED = [(r"\.oft_diag$", "OFT (oft_diag)"), (r"\.oft_R$", "BOFT"), ]
 # Key fragments of other model families' LoRAs -> the family they belong to.
 _FAMILIES = [
     (re.compile(r"(^|[._])(double_blocks|single_blocks)[._]"), "Flux (BFL format)"),
@@ -136,22 +157,45 @@ class LoraReport:
 
 @dataclass
 class _Adapter:
-    """One low-rank (A, B) or Kronecker (w1, w2) delta on the rows `part` of one Linear."""
+    """One low-rank (A, B), Kronecker (w1, w2) or dense (LoHa product, full .diff) delta on the rows
+    `part` of one Linear."""
 
     target: _Target
-    kind: str  # 'lora' | 'lokr'
-    t1: torch.Tensor  # A [r, in]  | w1 [a1, b1]
-    t2: torch.Tensor  # B [out, r] | w2 [a2, b2]
+    kind: str  # 'lora' | 'lokr' | 'dense' | 'bias' | 'set'
+    t1: torch.Tensor  # A [r, in]  | w1 [a1, b1] | delta [rows, in] | bias delta [rows] | new weight [rows, in]
+    t2: torch.Tensor  # B [out, r] | w2 [a2, b2] | unused (empty)
     scale: float
     keys: list[str]
+    extra: tuple = ()  # GLoRA: (b1 [out, r], b2 [r, in]) beside t1 = a1 [in, r], t2 = a2 [r, in]
+    dora: torch.Tensor | None = None  # DoRA magnitude: [rows] / [rows, 1] (output axis) or [1, in] (input axis)
+
+    def dora_delta(self, w: torch.Tensor) -> torch.Tensor:
+        """DoRA: the fp32 delta W' - W at strength 1 for base rows `w` [rows, in], as the trainers compute it:
+        W' = m * (W + dW) / ||W + dW||, the norm per output row (PEFT, m of shape [rows]) or per input
+        column (LyCORIS wd_on_out=False, m of shape [1, in]). ComfyUI divides by ||W|| (not ||W + dW||)
+        on the output axis; see README 'LoRA'."""
+        w = w.float()
+        wc = w + self.delta_weight()
+        m = self.dora.float()
+        if not (m.ndim == 2 and m.shape[0] == 1 and m.shape[0] != w.shape[0]):  # [rows] or [rows, 1]
+            norm = wc.norm(dim=1, keepdim=True)
+            m = m.reshape(-1, 1)
+        else:
+            norm = wc.norm(dim=0, keepdim=True)
+            m = m.reshape(1, -1)
+        return wc * (m / (norm + torch.finfo(torch.float32).eps)) - w
 
     def delta_weight(self) -> torch.Tensor:
         """The fp32 weight delta [rows, in] at strength 1 (scale included)."""
         a, b = self.t1.float(), self.t2.float()
-        d = b @ a if self.kind == "lora" else torch.kron(a, b)
+        d = b @ a if self.kind == "lora" else torch.kron(a, b) if self.kind == "lokr" else a
         return d * self.scale
 
     def apply(self, x: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, s: float) -> torch.Tensor:
+        if self.kind == "bias":
+            return (t1 * s).expand(*x.shape[:-1], t1.shape[0])
+        if self.kind == "dense":
+            return (x @ t1.T) * s
         if self.kind == "lora":
             return ((x @ t1.T) * s) @ t2.T
         (a1, b1), (a2, b2) = t1.shape, t2.shape
@@ -222,6 +266,7 @@ class LoraPatch:
         hooks = []
         for name, adapters in self.by_module().items():
             m = dit.get_submodule(name)
+            adapters = [_resolve_dora(a, m) for a in adapters]
             hook = _ModuleHook(self, adapters, m.out_features, dit.compute_dtype, m.weight.device)
             m.patches.append(hook)
             hooks.append((m, hook))
@@ -239,11 +284,64 @@ class LoraPatch:
             d = torch.zeros(m.out_features, m.in_features, dtype=torch.float32)
             rows = m.out_features // 3
             for a in adapters:
+                if a.kind == "bias":
+                    continue
                 p = a.target.part
                 sl = slice(None) if p is None else slice(p * rows, (p + 1) * rows)
-                d[sl] += a.delta_weight()
-            out[name] = d * self.strength
+                d[sl] += _resolve_dora(a, m).delta_weight().to(d.device)
+            if any(a.kind != "bias" for a in adapters):
+                out[name] = d * self.strength
         return out
+
+    def delta_biases(self, dit: ZImageDiT) -> dict[str, torch.Tensor]:
+        """module name -> fp32 bias delta [out] at this patch's strength (`.diff_b` patches)."""
+        out = {}
+        for a in self.adapters:
+            if a.kind != "bias":
+                continue
+            m = dit.get_submodule(a.target.module)
+            d = out.setdefault(a.target.module, torch.zeros(m.out_features))
+            rows = m.out_features // 3
+            p = a.target.part
+            d[slice(None) if p is None else slice(p * rows, (p + 1) * rows)] += a.t1.float() * self.strength
+        return out
+
+
+def _base_rows(m: Linear, part: int | None) -> torch.Tensor:
+    w = m.weight.float()
+    if m.scale_weight is not None:
+        w = w * m.scale_weight.float().to(w.device)
+    if part is None:
+        return w
+    rows = m.out_features // 3
+    return w[part * rows:(part + 1) * rows]
+
+
+def _resolve_dora(a: _Adapter, m: Linear) -> _Adapter:
+    """A DoRA adapter as a dense delta W' - W (needs the base weight); others unchanged. Strength scales
+    W' - W linearly (strength 0 = base model, 1 = the trained W')."""
+    if a.kind in ("set", "glora", "oft"):
+        w = _base_rows(m, a.target.part)
+        if a.kind == "set":  # .set_weight: W' = S, as the delta S - W
+            d = a.t1.float() - w
+        elif a.kind == "oft":  # OFT: W' = blockdiag(R_k)^T W, R = Cayley(Q) = (I + Q)(I - Q)^-1, Q = B - B^T
+            blocks = a.t1.float()  # [k, n, n]
+            k, n, _ = blocks.shape
+            q = blocks - blocks.transpose(1, 2)
+            if a.scale > 0:  # alpha is a norm constraint on Q
+                qn = q.norm() + 1e-8
+                q = q * (a.scale / qn) if qn > a.scale else q
+            eye = torch.eye(n)
+            r = (eye + q) @ torch.linalg.inv(eye - q)
+            d = torch.einsum("k n m, k n i -> k m i", r - eye, w.reshape(k, n, -1)).reshape(w.shape)
+        else:  # GLoRA: dW = (W a1 a2 + b1 b2) * alpha / rank
+            b1, b2 = a.extra
+            d = (w @ a.t1.float() @ a.t2.float() + b1.float() @ b2.float()) * a.scale
+        a = _Adapter(a.target, "dense", d, torch.empty(0), 1.0, a.keys, dora=a.dora)
+    if a.dora is None:
+        return a
+    d = a.dora_delta(_base_rows(m, a.target.part))
+    return _Adapter(a.target, "dense", d, torch.empty(0), 1.0, a.keys)
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -277,38 +375,54 @@ def parse_lora(sd: dict[str, torch.Tensor], cfg: DiTConfig, path: str = "<state 
             m = rx.search(k)
             if m:
                 base = k[: m.start()]
-                slot = m.group(1) if role == "lokr" else role
+                slot = m.group(1) if role in ("lokr", "loha", "diff", "dora", "diff_b", "set_weight", "glora", "oft") else role
                 groups.setdefault(base, {})[slot] = (key, t)
                 break
         else:
             unused.append(key)
-            if key.endswith(".dora_scale"):
-                report.notes.append("DoRA magnitudes (dora_scale) are not supported")
+            kind = next((n for sfx, n in _UNSUPPORTED if re.search(sfx, key)), None)
+            if kind and not any(kind in n for n in report.notes):
+                report.notes.append(f"{kind} is not supported")
 
     chosen: dict[tuple[str, int | None], _Adapter] = {}
     shape_errors = []
+    for base, slots in list(groups.items()):
+        if "diff_b" in slots and len(slots) > 1:  # a bias patch next to a weight patch: its own adapter
+            groups[base + "#bias"] = {"diff_b": slots.pop("diff_b")}
     for base, slots in groups.items():
         keys = [k for k, _ in slots.values()]
-        target = table.get(_canon(base))
+        target = table.get(_canon(base.removesuffix("#bias")))
         if target is None:
             unused.extend(keys)
             continue
         alpha = slots.get("alpha", (None, None))[1]
         alpha = None if alpha is None else float(alpha.float().reshape(-1)[0])
         try:
-            ad = _make_adapter(target, slots, alpha, keys, report)
+            ad = _make_adapter(target, {k: v for k, v in slots.items() if k != "dora_scale"}, alpha, keys, report)
+            if "dora_scale" in slots:
+                ad.dora = _mat(slots["dora_scale"][1]) if slots["dora_scale"][1].ndim > 1 else slots["dora_scale"][1]
+                if ad.dora.numel() not in _delta_shape(ad):
+                    raise ValueError(f"dora_scale {tuple(ad.dora.shape)} fits neither axis of {_delta_shape(ad)}")
+                report.styles.add("DoRA")
         except ValueError as e:
             report.notes.append(f"{base}: {e}")
             unused.extend(keys)
             continue
-        m_out, m_in = _module_shape(cfg, target.module)
+        m_out, m_in, has_bias = _module_shape(cfg, target.module)
         rows = m_out // 3 if target.part is not None else m_out
-        want = (rows, m_in)
-        got = _delta_shape(ad)
+        want = (rows, m_in) if ad.kind != "bias" else (rows,)
+        if ad.kind == "oft":
+            k, n, _ = ad.t1.shape
+            got = (k * n, m_in)
+        if ad.kind == "bias" and not has_bias:
+            report.notes.append(f"{base}: .diff_b on {target.module}, which has no bias")
+            unused.extend(keys)
+            continue
+        got = got if ad.kind == "oft" else _delta_shape(ad)
         if got != want:
             shape_errors.append(f"{base} {got} (the model's {target.module} needs {want})")
             continue
-        slot_key = (target.module, target.part)
+        slot_key = (target.module + ("#bias" if ad.kind == "bias" else ""), target.part)
         prev = chosen.get(slot_key)
         if prev is not None:
             keep, drop = (prev, ad) if prev.target.diffusers >= ad.target.diffusers else (ad, prev)
@@ -335,20 +449,26 @@ def parse_lora(sd: dict[str, torch.Tensor], cfg: DiTConfig, path: str = "<state 
     return adapters, report
 
 
-def _module_shape(cfg: DiTConfig, module: str) -> tuple[int, int]:
+def _module_shape(cfg: DiTConfig, module: str) -> tuple[int, int, bool]:
     return _module_shapes(cfg)[module]
 
 
 @functools.lru_cache(maxsize=8)
-def _module_shapes(cfg: DiTConfig) -> dict[str, tuple[int, int]]:
+def _module_shapes(cfg: DiTConfig) -> dict[str, tuple[int, int, bool]]:
     with torch.device("meta"):
         m = ZImageDiT(cfg)
-    return {n: (x.out_features, x.in_features) for n, x in m.named_modules() if isinstance(x, Linear)}
+    return {n: (x.out_features, x.in_features, x.bias is not None) for n, x in m.named_modules() if isinstance(x, Linear)}
 
 
 def _delta_shape(ad: _Adapter) -> tuple[int, int]:
     if ad.kind == "lora":
         return (ad.t2.shape[0], ad.t1.shape[1])
+    if ad.kind in ("dense", "set", "bias"):
+        return tuple(ad.t1.shape)
+    if ad.kind == "oft":
+        return None  # checked against the module below
+    if ad.kind == "glora":
+        return (ad.extra[0].shape[0], ad.extra[1].shape[1])
     return (ad.t1.shape[0] * ad.t2.shape[0], ad.t1.shape[1] * ad.t2.shape[1])
 
 
@@ -370,6 +490,35 @@ def _make_adapter(target: _Target, slots: dict, alpha: float | None, keys: list[
         rank = a.shape[0]
         report.styles.add(_style(slots["A"][0]))
         return _Adapter(target, "lora", a, b, 1.0 if alpha is None else alpha / rank, keys)
+    if "diff_b" in slots:
+        report.styles.add("bias diff")
+        return _Adapter(target, "bias", slots["diff_b"][1].float().reshape(-1), torch.empty(0), 1.0, keys)
+    if "set_weight" in slots:
+        report.styles.add("set_weight")
+        return _Adapter(target, "set", _mat(slots["set_weight"][1]).float(), torch.empty(0), 1.0, keys)
+    gl = {k: _mat(v[1]) for k, v in slots.items() if k in ("a1", "a2", "b1", "b2")}
+    if gl:
+        if len(gl) < 4:
+            raise ValueError("GLoRA without all of a1, a2, b1, b2")
+        a1, a2, b1, b2 = gl["a1"], gl["a2"], gl["b1"], gl["b2"]
+        if not (a1.shape[0] == a2.shape[1] == b2.shape[1] and a1.shape[1] == a2.shape[0] and b1.shape[1] == b2.shape[0]):
+            raise ValueError(f"GLoRA shapes a1 {tuple(a1.shape)}, a2 {tuple(a2.shape)}, b1 {tuple(b1.shape)}, "
+                             f"b2 {tuple(b2.shape)} are not the current LyCORIS layout (old GLoRA is not supported)")
+        report.styles.add("GLoRA")
+        scale = 1.0 if alpha is None else alpha / a2.shape[0]
+        return _Adapter(target, "glora", a1, a2, scale, keys, extra=(b1, b2))
+    if "oft_blocks" in slots:
+        blocks = slots["oft_blocks"][1]
+        if blocks.ndim != 3 or blocks.shape[1] != blocks.shape[2]:
+            raise ValueError(f"oft_blocks {tuple(blocks.shape)} is not [blocks, size, size] (BOFT is not supported)")
+        report.styles.add("OFT")
+        return _Adapter(target, "oft", blocks, torch.empty(0), 0.0 if alpha is None else alpha, keys)
+    if "diff" in slots:
+        report.styles.add("full diff")
+        return _Adapter(target, "dense", _mat(slots["diff"][1]).float(), torch.empty(0), 1.0, keys)
+    hd = {k: v[1].float() for k, v in slots.items() if k.startswith("hada")}
+    if hd:
+        return _loha(target, hd, alpha, keys, report)
     lk = {k: v[1] for k, v in slots.items() if k.startswith("lokr")}
     if not lk:
         raise ValueError("an alpha without weights")
@@ -389,6 +538,28 @@ def _make_adapter(target: _Target, slots: dict, alpha: float | None, keys: list[
     report.styles.add("LoKr")
     scale = alpha / dim if (alpha is not None and dim is not None) else 1.0
     return _Adapter(target, "lokr", _mat(w1), _mat(w2), scale, keys)
+
+
+def _loha_factor(hd: dict, i: int) -> torch.Tensor:
+    a, b = hd[f"hada_w{i}_a"], hd[f"hada_w{i}_b"]  # a [out, r], b [r, in]; Tucker: a [r, out], b [r, in], t [r, r, *k]
+    t = hd.get(f"hada_t{i}")
+    if t is None:
+        return _mat(a @ b.flatten(1))
+    # W[p, r, ...] = sum_ij t[i, j, ...] b[j, r] a[i, p]
+    return _mat(torch.einsum("i j ..., j r, i p -> p r ...", t, b.flatten(1), a))
+
+
+def _loha(target: _Target, hd: dict, alpha: float | None, keys: list[str], report: LoraReport) -> _Adapter:
+    """LoHa (LyCORIS): delta = (w1_a @ w1_b) * (w2_a @ w2_b) (Hadamard product), scaled by alpha / rank
+    with rank = w1_b.shape[0]; with Tucker cores hada_t1/t2 each factor is t x_0 w_a x_1 w_b."""
+    need = [f"hada_w{i}_{s}" for i in (1, 2) for s in "ab"]
+    missing = [n for n in need if n not in hd]
+    if missing:
+        raise ValueError(f"LoHa without {', '.join(missing)}")
+    rank = hd["hada_w1_b"].shape[0]
+    d = _loha_factor(hd, 1) * _loha_factor(hd, 2)
+    report.styles.add("LoHa")
+    return _Adapter(target, "dense", d, torch.empty(0), 1.0 if alpha is None else alpha / rank, keys)
 
 
 def _style(key: str) -> str:
@@ -456,6 +627,10 @@ def _merged_weight(m: Linear, delta: torch.Tensor) -> torch.nn.Parameter:
     return torch.nn.Parameter(w, requires_grad=False)
 
 
+def _merged_bias(m: Linear, delta: torch.Tensor) -> torch.nn.Parameter:
+    return torch.nn.Parameter((m.bias.float() + delta.to(m.bias.device)).to(m.bias.dtype), requires_grad=False)
+
+
 def merged_copy(dit: ZImageDiT, patches: LoraPatch | list[LoraPatch]) -> ZImageDiT:
     """A new DiT with the LoRA(s) merged into the weights; untouched tensors are shared with `dit`,
     which stays unchanged. Refuses fp8-stored weights (see `_check_mergeable`)."""
@@ -476,6 +651,10 @@ def merged_copy(dit: ZImageDiT, patches: LoraPatch | list[LoraPatch]) -> ZImageD
     for name, d in deltas.items():
         m = new.get_submodule(name)
         m.weight = _merged_weight(m, d)
+    for p in patches:
+        for name, d in p.delta_biases(dit).items():
+            m = new.get_submodule(name)
+            m.bias = _merged_bias(m, d)
     return new
 
 
@@ -487,12 +666,16 @@ def merge_lora(dit: ZImageDiT, patch: LoraPatch) -> Callable[[], None]:
         _check_mergeable(dit.get_submodule(name), name)
     for name, d in deltas.items():
         m = dit.get_submodule(name)
-        saved[name] = m.weight
+        saved[(name, "weight")] = m.weight
         m.weight = _merged_weight(m, d)
+    for name, d in patch.delta_biases(dit).items():
+        m = dit.get_submodule(name)
+        saved[(name, "bias")] = m.bias
+        m.bias = _merged_bias(m, d)
 
     def unmerge():
-        for name, w in saved.items():
-            dit.get_submodule(name).weight = w
+        for (name, attr), w in saved.items():
+            setattr(dit.get_submodule(name), attr, w)
         saved.clear()
 
     return unmerge
