@@ -373,6 +373,20 @@ def run_sampler(name: str, x0_fn, noise: torch.Tensor, sigmas: torch.Tensor, see
 
 # ------------------------------------------------------------------------------------------- MODEL bridge
 
+def release_bridged(dit) -> None:
+    """Before our own sampler runs the DiT: unpatch what ComfyUI patched into it for a MODEL made from it."""
+    if IN_COMFYUI and _bridge_loaded():
+        from . import host_model
+
+        host_model.release(dit)
+
+
+def _bridge_loaded() -> bool:
+    import sys
+
+    return f"{__package__}.host_model" in sys.modules
+
+
 def as_comfy_model(patched):
     """Our DiT (a PatchedDiT with its runtime patches) as a ComfyUI MODEL; see host_model.py."""
     if not IN_COMFYUI:

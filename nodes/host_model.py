@@ -146,3 +146,17 @@ def as_model(patched: PatchedDiT, load_device: torch.device, offload_device: tor
     model.model_options["transformer_options"] = {**model.model_options.get("transformer_options", {}),
                                                   PATCHED_KEY: patched}
     return model
+
+
+def release(dit) -> None:
+    """Unload ComfyUI's loaded clones of this DiT's MODEL. While a clone that carries weight patches (e.g. from
+    LoraLoaderModelOnly) is loaded, ComfyUI keeps them applied to the shared tensors; ZImageSampler, which runs
+    the same module, must see the weights as loaded (its own LoRAs are runtime patches)."""
+    root = _PATCHERS.get(dit)
+    if root is None:
+        return
+    loaded = comfy.model_management.current_loaded_models
+    for lm in list(loaded):
+        if lm.model is not None and lm.model.is_clone(root):
+            lm.model_unload()
+            loaded.remove(lm)

@@ -256,6 +256,7 @@ class ZImageSampler:
 
         model = dit.dit
         n_ctx = max(len(f) for f in pos_feats + (neg_feats or []))
+        host.release_bridged(model)
         host.load_to_device(dit.hosts(), _memory_estimate(model, samples, n_ctx, use_cfg))
         host.check_interrupt()
         pbar = host.progress(len(sig) - 1, host.module_device(model))

@@ -152,8 +152,12 @@ def test_lora_loader_model_only_on_our_model_equals_our_lora_node(bridge, style,
     got = ksample(native_lora, cond(1), latent)
     assert (ref - base).abs().max() > 1e-2  # the LoRA matters
     assert (got - ref).abs().max() <= 1e-3 * ref.abs().max()
-    # ComfyUI restores the weights it patched: the shared DiT is unchanged afterwards
-    native_lora.unpatch_model()
+    # ComfyUI keeps the LoRA patched into the shared tensors while that MODEL stays loaded; releasing the
+    # bridge (what ZImageSampler does first) restores the weights as loaded
+    dit, loaded = bridge["patched"].dit, bridge["state"]["layers.0.feed_forward.w1.weight"]
+    assert not torch.equal(dit.layers[0].feed_forward.w1.weight, loaded)
+    bridge["hm"].release(dit)
+    assert torch.equal(dit.layers[0].feed_forward.w1.weight, loaded)
     assert (ksample(our_model(bridge), cond(1), latent) - base).abs().max() == 0
 
 
