@@ -6,13 +6,11 @@ import torch
 
 from ..zimage_core.adaln import AdaLNDetail, AdaLNScale, ConditioningVariance, combine_conditioning
 from ..zimage_core.errors import InputError
+from .inputs import fraction
 
 _DIT_IN = ("ZIMAGE_DIT", {"tooltip": "The Z-Image DiT from ZImageDiTLoader (or a LoRA/adaLN node)."})
 _DIT_OUT_TIP = ("The DiT with this control attached (the input DiT is unchanged).",)
 
-
-def _frac(default: float, tip: str) -> tuple:
-    return ("FLOAT", {"default": default, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": tip})
 
 
 class ZImageAdaLNDetail:
@@ -33,8 +31,8 @@ class ZImageAdaLNDetail:
             "amount": ("FLOAT", {"default": 0.1, "min": -1.0, "max": 1.0, "step": 0.01,
                                  "tooltip": "Time offset the modulation sees (model time t = 1 - sigma), e.g. 0.1 for "
                                             "more detail, -0.1 for smoother results; 0 = off."}),
-            "start": _frac(0.2, "Where the effect begins, as a fraction of the steps (0 = first step), e.g. 0.2."),
-            "end": _frac(0.8, "Where the effect has faded out again (1 = last step), e.g. 0.8. The offset ramps "
+            "start": fraction(0.2, "Where the effect begins, as a fraction of the steps (0 = first step), e.g. 0.2."),
+            "end": fraction(0.8, "Where the effect has faded out again (1 = last step), e.g. 0.8. The offset ramps "
                               "smoothly in and out inside start..end."),
         }}
 
@@ -100,7 +98,7 @@ class ZImageConditioningVariance:
             "dit": _DIT_IN,
             "strength": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 5.0, "step": 0.01,
                                    "tooltip": "Noise size relative to the tokens' RMS, e.g. 0.3; 0 = off."}),
-            "until": _frac(0.3, "Fraction of the steps that see the noisy prompt, e.g. 0.3 = the first 3 of 8 "
+            "until": fraction(0.3, "Fraction of the steps that see the noisy prompt, e.g. 0.3 = the first 3 of 8 "
                                 "(later steps use the clean prompt)."),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Seed of the prompt noise, e.g. 42; change it for another variation "

@@ -9,6 +9,7 @@ from ..zimage_core.controlnet import ControlImage, ControlPatch, ZImageControlNe
 from ..zimage_core.dit_loader import WEIGHT_DTYPES
 from ..zimage_core.errors import InputError
 from . import host
+from .inputs import fraction
 
 FOLDERS = ("model_patches", "controlnet")
 
@@ -49,9 +50,6 @@ class ZImageControlNetLoader:
         return (ControlNetModel(net, host.manage(net, "dit"), controlnet_name),)
 
 
-def _fraction(default: float, tip: str) -> tuple:
-    return ("FLOAT", {"default": default, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": tip})
-
 
 class ZImageControlNetApply:
     DESCRIPTION = ("Adds a ControlNet to the DiT: the control image (canny, depth, pose, scribble, gray, tile ... made "
@@ -76,9 +74,9 @@ class ZImageControlNetApply:
                                            "the generated size."}),
             "strength": ("FLOAT", {"default": 0.75, "min": -10.0, "max": 10.0, "step": 0.01,
                                    "tooltip": "Conditioning scale: 0.65-0.9 is typical for Turbo; 0 = off."}),
-            "start_percent": _fraction(0.0, "Where the control starts acting, as model time 1 - sigma "
+            "start_percent": fraction(0.0, "Where the control starts acting, as model time 1 - sigma "
                                             "(0 = the first step)."),
-            "end_percent": _fraction(1.0, "Where it stops acting (1 = the last step); e.g. 0.6 frees the last "
+            "end_percent": fraction(1.0, "Where it stops acting (1 = the last step); e.g. 0.6 frees the last "
                                           "steps for detail."),
         }, "optional": {
             "mask": ("MASK", {"tooltip": "Where the control acts (1) or not (0); resized to the latent."}),

@@ -6,10 +6,8 @@ from ..zimage_core.errors import InputError
 from ..zimage_core.nag import NAG
 from ..zimage_core.patching import PatchedDiT
 from .sampler import conditioning_features
+from .inputs import fraction
 
-
-def _frac(default: float, tip: str) -> tuple:
-    return ("FLOAT", {"default": default, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": tip})
 
 
 class ZImageNAG:
@@ -40,9 +38,9 @@ class ZImageNAG:
                                 "tooltip": "Share of the guided output blended into the positive one, e.g. 0.25; "
                                            "0 = off, 1 = guided output only."}),
         }, "optional": {
-            "start": _frac(0.0, "First part of the schedule with NAG, as a fraction of the steps (steps with "
+            "start": fraction(0.0, "First part of the schedule with NAG, as a fraction of the steps (steps with "
                                 "start <= step / steps < end), e.g. 0.0."),
-            "end": _frac(1.0, "Where NAG stops, as a fraction of the steps, e.g. 1.0 = up to the last step."),
+            "end": fraction(1.0, "Where NAG stops, as a fraction of the steps, e.g. 1.0 = up to the last step."),
         }}
 
     def apply(self, dit, negative, scale, tau, alpha, start=0.0, end=1.0):
