@@ -218,6 +218,29 @@ def test_controlnet_nodes_in_comfyui_equal_the_core_pipeline(comfyui, tiny_model
     assert np.abs(got - _reference(tiny_models, 42, 4)).max() > 10
 
 
+def test_ksampler_on_the_bridged_model_equals_our_sampler_in_comfyui(comfyui, tiny_models):
+    """Our DiT -> ZImageDiTToModel -> ModelSamplingAuraFlow(3) -> native KSampler (res_multistep / simple, with
+    ConditioningZeroOut as negative) -> our decode: the same picture as ZImageSampler with that sampler and
+    scheduler (<= 1/255); a LoRA through our node before the conversion is kept, and the plain ZImageSampler
+    run afterwards is unaffected by the MODEL run."""
+    g = _graph(seed=42, steps=4, prefix="zimage_bridge_ref")
+    g["6"]["inputs"].update(sampler_name="res_multistep", scheduler="simple")
+    ref = _png(comfyui, comfyui.run(g, timeout=300))
+    b = _graph(seed=42, steps=4, prefix="zimage_bridge")
+    b.update({
+        "30": {"class_type": "ZImageDiTToModel", "inputs": {"dit": ["1", 0]}},
+        "31": {"class_type": "ModelSamplingAuraFlow", "inputs": {"model": ["30", 0], "shift": 3.0}},
+        "32": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["4", 0]}},
+        "6": {"class_type": "KSampler", "inputs": {
+            "model": ["31", 0], "positive": ["4", 0], "negative": ["32", 0], "latent_image": ["5", 0], "seed": 42,
+            "steps": 4, "cfg": 1.0, "sampler_name": "res_multistep", "scheduler": "simple", "denoise": 1.0}},
+    })
+    got = _png(comfyui, comfyui.run(b, timeout=300))
+    assert np.abs(got - ref).max() <= 1
+    entry = comfyui.run(_graph(seed=42, steps=4, prefix="zimage_after_bridge"), timeout=300)
+    assert np.abs(_png(comfyui, entry) - _reference(tiny_models, 42, 4)).max() <= 1
+
+
 def test_diffusers_folder_text_encoder(comfyui, tiny_models):
     entry = comfyui.run(_graph(seed=42, steps=4, te="diffusers/Z-Image-Tiny", dit="diffusers/Z-Image-Tiny",
                                prefix="zimage_diffusers"), timeout=300)
