@@ -1,0 +1,142 @@
+"""Benchmark: the MODEL bridge against ComfyUI's native path, same file, same KSampler, one run.
+
+    python tests/bench_bridge.py [--layers 2] [--size 256] [--steps 2] [--repeats 2] [--out bench_bridge.json]
+
+ComfyUI builds a Z-Image model only from a 3840-wide DiT, so the file is a full-width random DiT with fewer
+main layers (bf16, 2 + 2 refiner blocks as ComfyUI builds them). Each contender runs in a fresh process, in
+turns (ours, native, ours, native, ...):
+  native  comfy.sd.load_diffusion_model (what UNETLoader does) -> KSampler (euler / simple)
+  ours    zimage_core.load_dit -> ZImageDiTToModel's MODEL (nodes/host_model.py) -> the same KSampler call
+Reported: load seconds, sampling seconds, peak RSS (VmHWM, reset after the imports) above the RSS after the
+imports (file-backed pages of memory-mapped weights count as resident once touched), and the
+largest difference between the two latents. Needs COMFYUI_PATH (tests/setup-host.sh). A benchmark, not a
+test: timings depend on the machine; only the ratios of one run are comparable.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+COMFYUI = os.environ.get("COMFYUI_PATH") or str(Path(os.environ.get("ZIMAGE_TEST_HOST") or "/tmp/zimage-host")
+                                                 / "ComfyUI-0.18.1")
+CAP_DIM = 64
+
+
+def status(field: str) -> int:
+    """A /proc/self/status size in bytes: VmRSS (now) or VmHWM (peak since the last reset_peak)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+def reset_peak() -> None:
+    """Start VmHWM afresh (the imports' own peak must not hide the model's); Linux 4.0+."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def child(kind: str, path: str, size: int, steps: int, out: str) -> None:
+    sys.path.insert(0, str(HERE))
+    from workflow_support import load_pack  # the pack first: its host adapter stays standalone
+
+    pack = load_pack()
+    sys.path.append(COMFYUI)
+    sys.argv = [sys.argv[0], "--cpu"]
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import importlib
+
+    import comfy.sample
+    import comfy.sd
+    import torch
+
+    torch.set_num_threads(2)
+    reset_peak()
+    base = status("VmRSS")
+    t0 = time.perf_counter()
+    if kind == "native":
+        model = comfy.sd.load_diffusion_model(path)
+    else:
+        hm = importlib.import_module(pack.__name__ + ".nodes.host_model")
+        dit = importlib.import_module(pack.__name__ + ".zimage_core.dit_loader").load_dit(path)
+        patched = importlib.import_module(pack.__name__ + ".zimage_core.patching").PatchedDiT(dit)
+        model = hm.as_model(patched, torch.device("cpu"), torch.device("cpu"))
+    load_s = time.perf_counter() - t0
+    g = torch.Generator().manual_seed(0)
+    pos = [[torch.randn(1, 32, CAP_DIM, generator=g), {}]]
+    neg = [[torch.zeros(1, 32, CAP_DIM), {}]]
+    latent = torch.zeros(1, 16, size // 8, size // 8)
+    noise = comfy.sample.prepare_noise(latent, 0)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        x = comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", pos, neg, latent, seed=0,
+                                disable_pbar=True)
+    sample_s = time.perf_counter() - t0
+    torch.save(x.float(), out)
+    print(json.dumps({"load_s": load_s, "sample_s": sample_s, "peak_rss_above_baseline": status("VmHWM") - base}))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out", default="bench_bridge.json")
+    p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        kind, path, size, steps, out = a.child
+        child(kind, path, int(size), int(steps), out)
+        return 0
+
+    import torch
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(HERE.parent))
+    from zimage_core.tiny.dit import random_dit_state
+    from zimage_core.transformer import DiTConfig
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
+    cfg = DiTConfig(dim=3840, n_layers=a.layers, n_refiner_layers=2, n_heads=30, ffn_dim=10240, cap_feat_dim=CAP_DIM)
+    path = tmp / "z_image_wide_bf16.safetensors"
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in random_dit_state(cfg, seed=1).items()}, str(path))
+    runs = {"ours": [], "native": []}
+    for r in range(a.repeats):
+        for kind in runs:
+            out = tmp / f"{kind}.pt"
+            res = subprocess.run([sys.executable, __file__, "--child", kind, str(path), str(a.size), str(a.steps),
+                                  str(out)], capture_output=True, text=True, timeout=1800)
+            if res.returncode:
+                print(res.stderr[-3000:], file=sys.stderr)
+                return 1
+            runs[kind].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    x_ours, x_native = torch.load(tmp / "ours.pt"), torch.load(tmp / "native.pt")
+    med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in runs.items()}
+    result = {"layers": a.layers, "size": a.size, "steps": a.steps, "repeats": a.repeats,
+              "file_bytes": path.stat().st_size, "median": med,
+              "ratios_ours_over_native": {m: med["ours"][m] / med["native"][m] for m in med["ours"]},
+              "max_abs_latent_diff": (x_ours - x_native).abs().max().item(),
+              "latent_abs_max": x_native.abs().max().item()}
+    print(f"{'':28s} {'ours':>10s} {'native':>10s} {'ours/native':>12s}")
+    for m in ("load_s", "sample_s", "peak_rss_above_baseline"):
+        o, n = med["ours"][m], med["native"][m]
+        scale = 2**20 if m.startswith("peak") else 1
+        print(f"{m:28s} {o / scale:10.2f} {n / scale:10.2f} {o / n:12.2f}")
+    print(f"file {result['file_bytes'] / 2**20:.0f} MiB; largest latent difference {result['max_abs_latent_diff']:.2e} "
+          f"(latent max {result['latent_abs_max']:.2f})")
+    Path(a.out).write_text(json.dumps(result, indent=1))
+    path.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
