@@ -66,15 +66,32 @@ def _write_comfy_quant_fp8(path, cfg):
     return path
 
 
-def _common(seed, steps):
-    return {
+def _ours_vs_native(server, name, native_loader, seed, steps=1):
+    """One graph: our loader + ZImageSampler and `native_loader` (+ native KSampler) on the same file, sharing our
+    text encoder, latent and VAE decode; returns (ours, native) as 8-bit pixel arrays."""
+    g = {
+        "1": {"class_type": "ZImageDiTLoader", "inputs": {"dit_name": name, "weight_dtype": "auto"}},
         "2": {"class_type": "ZImageTextEncoderLoader",
               "inputs": {"text_encoder_name": "qwen_3_4b_tiny.safetensors", "dtype": "auto", "device": "default"}},
         "3": {"class_type": "ZImageVAELoader", "inputs": {"vae_name": "ae_tiny.safetensors"}},
         "4": {"class_type": "ZImageTextEncode", "inputs": {"text_encoder": ["2", 0], "text": PROMPT}},
         "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 1}},
+        "6": {"class_type": "ZImageSampler",
+              "inputs": {"dit": ["1", 0], "positive": ["4", 0], "latent": ["5", 0], "seed": seed, "steps": steps,
+                         "cfg": 1.0, "shift": 3.0, "denoise": 1.0}},
         "7": {"class_type": "ZImageVAEDecode", "inputs": {"vae": ["3", 0], "latent": ["6", 0]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "ours_quant"}},
+        "11": native_loader,
+        "12": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["4", 0]}},
+        "16": {"class_type": "KSampler",
+               "inputs": {"model": ["11", 0], "seed": seed, "steps": steps, "cfg": 1.0, "sampler_name": "euler",
+                          "scheduler": "simple", "positive": ["4", 0], "negative": ["12", 0],
+                          "latent_image": ["5", 0], "denoise": 1.0}},
+        "17": {"class_type": "ZImageVAEDecode", "inputs": {"vae": ["3", 0], "latent": ["16", 0]}},
+        "18": {"class_type": "SaveImage", "inputs": {"images": ["17", 0], "filename_prefix": "native_quant"}},
     }
+    entry = server.run(g, timeout=900)
+    return _png(server, entry, "8"), _png(server, entry, "18")
 
 
 def _png(server, entry, node):
@@ -86,49 +103,17 @@ def _png(server, entry, node):
 def test_gguf_files_are_listed_and_our_image_equals_comfyui_gguf_with_native_sampling(server):
     info = server.object_info()
     assert "UnetLoaderGGUF" in info, server.log_tail()
-    assert "z_image_wide-Q8_0.gguf" in info["ZImageDiTLoader"]["input"]["required"]["dit_name"][0]
-    seed, steps = 5, 1  # one full-width DiT evaluation per implementation (~20 s each on 2 CPU cores)
-    g = _common(seed, steps)
-    g.update({
-        "1": {"class_type": "ZImageDiTLoader", "inputs": {"dit_name": "z_image_wide-Q8_0.gguf", "weight_dtype": "auto"}},
-        "6": {"class_type": "ZImageSampler",
-              "inputs": {"dit": ["1", 0], "positive": ["4", 0], "latent": ["5", 0], "seed": seed, "steps": steps,
-                         "cfg": 1.0, "shift": 3.0, "denoise": 1.0}},
-        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "ours_gguf"}},
-        "11": {"class_type": "UnetLoaderGGUF", "inputs": {"unet_name": "z_image_wide-Q8_0.gguf"}},
-        "12": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["4", 0]}},
-        "16": {"class_type": "KSampler",
-               "inputs": {"model": ["11", 0], "seed": seed, "steps": steps, "cfg": 1.0, "sampler_name": "euler",
-                          "scheduler": "simple", "positive": ["4", 0], "negative": ["12", 0],
-                          "latent_image": ["5", 0], "denoise": 1.0}},
-        "17": {"class_type": "ZImageVAEDecode", "inputs": {"vae": ["3", 0], "latent": ["16", 0]}},
-        "18": {"class_type": "SaveImage", "inputs": {"images": ["17", 0], "filename_prefix": "native_gguf"}},
-    })
-    entry = server.run(g, timeout=900)
-    ours, native = _png(server, entry, "8"), _png(server, entry, "18")
+    name = "z_image_wide-Q8_0.gguf"
+    assert name in info["ZImageDiTLoader"]["input"]["required"]["dit_name"][0]
+    # one full-width DiT evaluation per implementation (~20 s each on 2 CPU cores)
+    ours, native = _ours_vs_native(server, name, {"class_type": "UnetLoaderGGUF", "inputs": {"unet_name": name}}, 5)
     assert native.std() > 5
     assert np.abs(ours - native).max() <= 1
 
 
 def test_comfy_quant_fp8_file_native_unet_loader_equals_ours(server):
-    seed, steps, name = 9, 1, "z_image_wide_fp8_comfy_quant.safetensors"
-    g = _common(seed, steps)
-    g.update({
-        "1": {"class_type": "ZImageDiTLoader", "inputs": {"dit_name": name, "weight_dtype": "auto"}},
-        "6": {"class_type": "ZImageSampler",
-              "inputs": {"dit": ["1", 0], "positive": ["4", 0], "latent": ["5", 0], "seed": seed, "steps": steps,
-                         "cfg": 1.0, "shift": 3.0, "denoise": 1.0}},
-        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "ours_cq"}},
-        "11": {"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": "default"}},
-        "12": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["4", 0]}},
-        "16": {"class_type": "KSampler",
-               "inputs": {"model": ["11", 0], "seed": seed, "steps": steps, "cfg": 1.0, "sampler_name": "euler",
-                          "scheduler": "simple", "positive": ["4", 0], "negative": ["12", 0],
-                          "latent_image": ["5", 0], "denoise": 1.0}},
-        "17": {"class_type": "ZImageVAEDecode", "inputs": {"vae": ["3", 0], "latent": ["16", 0]}},
-        "18": {"class_type": "SaveImage", "inputs": {"images": ["17", 0], "filename_prefix": "native_cq"}},
-    })
-    entry = server.run(g, timeout=900)
-    ours, native = _png(server, entry, "8"), _png(server, entry, "18")
+    name = "z_image_wide_fp8_comfy_quant.safetensors"
+    ours, native = _ours_vs_native(
+        server, name, {"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": "default"}}, 9)
     assert native.std() > 5
     assert np.abs(ours - native).max() <= 1
