@@ -45,7 +45,7 @@ from .dit_loader import FP8_DTYPES, default_dtypes
 from .errors import CheckpointError, InputError
 from .latent import to_model_space
 from .ops import Linear
-from .transformer import DiTConfig, TransformerBlock, ZImageDiT, _batch
+from .transformer import DiTConfig, TransformerBlock, ZImageDiT
 
 VARIANTS = ("plain", "layers", "refiner")
 _QKV = (".attention.to_q.weight", ".attention.to_k.weight", ".attention.to_v.weight")
@@ -213,6 +213,11 @@ class ControlStep:
         return hints
 
 
+def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Per-sample token runs -> [B, S, D], zero-padded like the DiT's own batches (rotary tables are the DiT's)."""
+    return nn.utils.rnn.pad_sequence(rows, batch_first=True)
+
+
 def _per_sample(t: torch.Tensor, B: int, what: str) -> list[torch.Tensor]:
     if len(t) == B:
         return list(t.unbind(0))
@@ -232,7 +237,7 @@ def _hints(ctl: Control, dit: ZImageDiT, x_pre, x_mask, x_rot, x_ref, unified, m
         if tuple(lat.shape[-2:]) != (h * p, w * p):
             raise InputError(f"control latent {tuple(lat.shape[-2:])} for a latent of {(h * p, w * p)}; resize the "
                              "control image to the generated size.")
-    cc, _, _ = _batch([net.embed(lat, dtype, pad) for lat in latents], [r for r in x_rot.unbind(0)])
+    cc = _pad([net.embed(lat, dtype, pad) for lat in latents])
 
     # refiner phase: the branch's own view of the image tokens
     x_branch = x_ref
@@ -255,10 +260,8 @@ def _hints(ctl: Control, dit: ZImageDiT, x_pre, x_mask, x_rot, x_ref, unified, m
     if x_branch is x_ref:
         x_u = unified
     else:
-        x_u, _, _ = _batch([torch.cat([x_branch[b, : n_img[b]], context.tokens[b].to(dtype)]) for b in range(B)],
-                           [r for r in rot.unbind(0)])
-    cu, _, _ = _batch([torch.cat([cc[b, : n_img[b]], context.tokens[b].to(dtype)]) for b in range(B)],
-                      [r for r in rot.unbind(0)])
+        x_u = _pad([torch.cat([x_branch[b, : n_img[b]], context.tokens[b].to(dtype)]) for b in range(B)])
+    cu = _pad([torch.cat([cc[b, : n_img[b]], context.tokens[b].to(dtype)]) for b in range(B)])
     image_scale = None
     if ctl.mask is not None:
         image_scale = _mask_tokens(ctl.mask.to(x_pre.device), B, sizes, unified.shape[1], dtype)
