@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -375,16 +376,9 @@ def run_sampler(name: str, x0_fn, noise: torch.Tensor, sigmas: torch.Tensor, see
 
 def release_bridged(dit) -> None:
     """Before our own sampler runs the DiT: unpatch what ComfyUI patched into it for a MODEL made from it."""
-    if IN_COMFYUI and _bridge_loaded():
-        from . import host_model
-
+    host_model = sys.modules.get(f"{__package__}.host_model")  # imported only once a MODEL was made
+    if host_model is not None:
         host_model.release(dit)
-
-
-def _bridge_loaded() -> bool:
-    import sys
-
-    return f"{__package__}.host_model" in sys.modules
 
 
 def as_comfy_model(patched):
