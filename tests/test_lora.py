@@ -261,7 +261,7 @@ def test_fp8_runtime_delta_is_exact_per_module_and_merging_is_refused(setup):
         y = m(x)
     parts = sorted((a for a in patch.adapters if a.target.module == "layers.0.attention.qkv"),
                    key=lambda a: a.target.part)
-    delta = torch.cat([a.t2 @ a.t1 for a in parts])  # q | k | v rows
+    delta = torch.cat([a.b @ a.a for a in parts])  # q | k | v rows
     assert torch.allclose(y - base, x @ delta.T, rtol=1e-4, atol=1e-5)
     with pytest.raises(InputError, match="fp8"):
         merged_copy(dit, patch)
@@ -395,7 +395,7 @@ def test_an_adapter_kind_that_cannot_be_applied_is_named_in_the_warning(setup, t
     sd = {k + ".lora_A.weight": torch.randn(4, 64) * 0.1, k + ".lora_B.weight": torch.randn(64, 4) * 0.1,
           k + ".oft_R": torch.randn(4, 16, 16)}
     save_file(sd, str(tmp_path / "mixed.safetensors"))
-    with pytest.warns(UserWarning, match=r"BOFT is not supported"):
+    with pytest.warns(UserWarning, match=r"OFT with oft_R is not supported"):
         patch = load_lora(tmp_path / "mixed.safetensors", dit)
     assert patch.report.unused == [k + ".oft_R"]
 
