@@ -3,8 +3,6 @@ delta = (W @ a1 @ a2 + b1 @ b2) * alpha / r (r = a2.shape[0]; alpha absent -> 1)
 
 from __future__ import annotations
 
-import torch
-
 from .adapter import Adapter, Target
 from .tensors import matrix
 
@@ -23,8 +21,7 @@ class GLoRA(Adapter):
         return (self.b1.shape[0], self.b2.shape[1])
 
     def delta(self, w):
-        f = lambda t: t.float()  # noqa: E731
-        return (w @ f(self.a1) @ f(self.a2) + f(self.b1) @ f(self.b2)) * self.scale
+        return (w @ self.a1.float() @ self.a2.float() + self.b1.float() @ self.b2.float()) * self.scale
 
 
 def from_slots(target: Target, slots: dict, alpha: float | None, keys: list[str]) -> GLoRA | None:
