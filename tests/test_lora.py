@@ -505,3 +505,66 @@ def test_oft_matches_the_cayley_rotation_formula(setup, tmp_path):
     merged[name + ".weight"] = w + 0.8 * (expect - w)
     assert rel_err(patch.delta_weights(dit)[name], 0.8 * (expect - w)) <= 1e-5
     assert rel_err(run(dit, patch), run(make_dit(merged))) <= 1e-5
+
+
+def _butterfly_permutation(n, g):
+    """P with (P W)[new] = W[old]: rows split in groups of 2g; row (group, h, j) moves to (group, j, h)."""
+    p = torch.zeros(n, n)
+    for grp in range(n // (2 * g)):
+        for h in range(2):
+            for j in range(g):
+                p[grp * 2 * g + j * 2 + h, grp * 2 * g + h * g + j] = 1
+    return p
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+def test_boft_matches_the_butterfly_product_of_cayley_rotations(setup, tmp_path, strength):
+    _, state, _, dit = setup
+    g = torch.Generator().manual_seed(19)
+    name = "layers.1.feed_forward.w2"
+    w = state[name + ".weight"].float()
+    n = w.shape[0]
+    m, b = 2, 4  # two stages of 4x4 blocks
+    k = n // b
+    blocks = torch.randn(m, k, b, b, generator=g) * 0.1
+    rescale = 1 + 0.1 * torch.randn(n, 1, generator=g)
+    key = f"lycoris_{name.replace('.', '_')}"
+    save_file({key + ".oft_blocks": blocks, key + ".rescale": rescale, key + ".alpha": torch.tensor(0.0)},
+              str(tmp_path / "boft.safetensors"))
+    patch = load_lora(tmp_path / "boft.safetensors", dit, strength=strength)
+    assert patch.report.unused == [] and "BOFT" in patch.report.styles
+    eye = torch.eye(b)
+    expect = w
+    for i in range(m):  # M_i = P_i^T blockdiag(s R + (1 - s) I) P_i, applied in stage order
+        q = blocks[i] - blocks[i].transpose(1, 2)
+        rots = [strength * (eye + qj) @ torch.linalg.inv(eye - qj) + (1 - strength) * eye for qj in q]
+        p = _butterfly_permutation(n, 2 ** i * b // 2)
+        expect = p.T @ torch.block_diag(*rots) @ p @ expect
+    expect = rescale * expect
+    assert rel_err(patch.delta_weights(dit)[name], expect - w) <= 1e-5
+    merged = dict(state)
+    merged[name + ".weight"] = expect
+    assert rel_err(run(dit, patch), run(make_dit(merged))) <= 1e-5
+    assert rel_err(run(merged_copy(dit, patch)), run(make_dit(merged))) <= 1e-5
+
+
+def test_oft_rescale_and_alpha_constraint_follow_lycoris(setup, tmp_path):
+    _, state, _, dit = setup
+    g = torch.Generator().manual_seed(23)
+    name = "layers.0.feed_forward.w1"
+    w = state[name + ".weight"].float()
+    k, n = 2, w.shape[0] // 2
+    blocks = torch.randn(k, n, n, generator=g) * 0.2
+    rescale = 1 + 0.1 * torch.randn(w.shape[0], 1, generator=g)
+    alpha = 0.5  # a norm constraint on Q: this Q is larger, so it is scaled down to norm 0.5
+    q = blocks - blocks.transpose(1, 2)
+    assert q.norm() > alpha
+    q = q * (alpha / (q.norm() + 1e-8))
+    eye = torch.eye(n)
+    expect = rescale * (torch.block_diag(*[(eye + qi) @ torch.linalg.inv(eye - qi) for qi in q]).T @ w)
+    key = f"diffusion_model.{name}"
+    save_file({key + ".oft_blocks": blocks, key + ".rescale": rescale, key + ".alpha": torch.tensor(alpha)},
+              str(tmp_path / "oft.safetensors"))
+    patch = load_lora(tmp_path / "oft.safetensors", dit)
+    assert patch.report.unused == []
+    assert rel_err(patch.delta_weights(dit)[name], expect - w) <= 1e-5
