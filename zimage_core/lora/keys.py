@@ -45,7 +45,8 @@ SUFFIXES = [
 # Adapter kinds this loader cannot apply -> named in the unused-keys warning.
 UNSUPPORTED = [(re.compile(r"\.oft_diag$"), "OFT with oft_diag (old LyCORIS OFT)"),
                (re.compile(r"\.oft_R$"), "OFT with oft_R"),
-               (re.compile(r"\.lokr_t2$"), "Tucker-decomposed LoKr (lokr_t2)")]
+               (re.compile(r"\.lokr_t2$"), "Tucker-decomposed LoKr (lokr_t2)"),
+               (re.compile(r"\.[wb]_norm$"), "norm-layer diffs (w_norm / b_norm; only Linear layers are patched)")]
 # Key fragments of other model families' LoRAs -> the family they belong to.
 FAMILIES = [
     (re.compile(r"(^|[._])(double_blocks|single_blocks)[._]"), "Flux (BFL format)"),
