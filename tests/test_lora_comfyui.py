@@ -12,10 +12,16 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_model_bridge import CFG, LATENT, bridge, cond, ksample, native_model, our_sampler  # noqa: F401
-
-import comfy.sd  # noqa: E402  (on sys.path once test_model_bridge is imported)
-import comfy.utils  # noqa: E402
+from test_model_bridge import (  # noqa: F401  (bridge: the fixture; comfy: imported there from COMFYUI_PATH)
+    CFG,
+    LATENT,
+    bridge,
+    comfy,
+    cond,
+    ksample,
+    native_model,
+    our_sampler,
+)
 
 D = CFG.dim
 FF = 682  # the feed-forward width of this DiT
