@@ -568,3 +568,23 @@ def test_oft_rescale_and_alpha_constraint_follow_lycoris(setup, tmp_path):
     patch = load_lora(tmp_path / "oft.safetensors", dit)
     assert patch.report.unused == []
     assert rel_err(patch.delta_weights(dit)[name], expect - w) <= 1e-5
+
+
+def test_make_tiny_writes_one_adapter_file_per_kind_that_loads_fully_and_changes_the_image(setup, tmp_path):
+    from zimage_core.tiny import make_tiny
+    from zimage_core.tiny.adapters import KINDS
+
+    _, _, _, dit = setup
+    paths = make_tiny(tmp_path)
+    files = sorted(paths["loras"].glob("z_image_tiny_*.safetensors"))
+    assert [f.stem.removeprefix("z_image_tiny_") for f in files] == sorted(KINDS)
+    plain = run(dit)
+    expected_style = {"lora": "ai-toolkit / ComfyUI (diffusion_model.)", "dora": "DoRA", "loha": "LoHa",
+                      "lokr": "LoKr", "glora": "GLoRA", "oft": "OFT", "boft": "BOFT", "diff": "full diff"}
+    for f in files:
+        kind = f.stem.removeprefix("z_image_tiny_")
+        patch = load_lora(f, dit, strength=0.9)
+        assert patch.report.unused == [] and expected_style[kind] in patch.report.styles, kind
+        out = run(dit, patch)
+        assert rel_err(out, plain) > 1e-3, kind
+        assert rel_err(run(merged_copy(dit, patch)), out) <= 1e-5, kind

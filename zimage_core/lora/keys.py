@@ -37,6 +37,7 @@ SUFFIXES = [
     (re.compile(r"\.lora\.down\.weight$"), "A"),
     (re.compile(r"\.lora\.up\.weight$"), "B"),
     (re.compile(r"\.alpha$"), "alpha"),
+    (re.compile(r"\.lora_magnitude_vector(?:\.[A-Za-z0-9_-]+)?(?:\.weight)?$"), "dora_scale"),  # PEFT DoRA
     (re.compile(r"\.(lokr_w[12](?:_[ab])?)$"), None),
     (re.compile(r"\.(hada_w[12]_[ab]|hada_t[12])$"), None),
     (re.compile(r"\.(diff|diff_b|set_weight|dora_scale|oft_blocks|rescale)$"), None),

@@ -9,6 +9,8 @@
     out/Z-Image-Tiny/                                 diffusers layout: transformer/ text_encoder/ tokenizer/ vae/ scheduler/
     out/model_patches/controlnet_tiny_<v>.safetensors ControlNet Union files, v = 1.0, 2.0, 2.1, lite (VideoX-Fun
                                                       layout), and controlnet_tiny_<v>/ (diffusers folders)
+    out/loras/z_image_tiny_<kind>.safetensors         one adapter file per kind: lora, dora, loha, lokr, glora,
+                                                      oft, boft, diff (trainers' key styles; see tiny/adapters.py)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
+from .adapters import write_tiny_adapters
 from .controlnet import write_tiny_controlnets
 from .dit import write_tiny_dit
 from .text_encoder import write_tiny_text_encoder
@@ -34,6 +37,7 @@ def tiny_paths(out: Path) -> dict[str, Path]:
         "tokenizer": out / "tokenizer",
         "diffusers": out / DIFFUSERS_NAME,
         "controlnets": out / "model_patches",
+        "loras": out / "loras",
     }
 
 
@@ -67,4 +71,5 @@ def make_tiny(out: Path, seed: int = 0) -> dict[str, Path]:
         shutil.move(str(written), paths[key])
     shutil.copytree(model / "tokenizer", paths["tokenizer"], dirs_exist_ok=True)
     write_tiny_controlnets(paths["controlnets"], seed=seed)
+    write_tiny_adapters(paths["loras"], seed=seed)
     return paths
