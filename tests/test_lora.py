@@ -168,7 +168,7 @@ def test_every_key_style_changes_the_output_exactly_as_peft_style(setup, style, 
     assert rel_err(run(dit, patch), run(dit, ref)) <= 1e-6
 
 
-def test_lokr_plain_and_factorised_match_the_kronecker_delta(setup, tmp_path):
+def test_lokr_plain_factorised_and_tucker_match_the_kronecker_delta(setup, tmp_path):
     _, state, _, dit = setup
     g = torch.Generator().manual_seed(5)
     sd, deltas = {}, []
@@ -183,9 +183,15 @@ def test_lokr_plain_and_factorised_match_the_kronecker_delta(setup, tmp_path):
     k = "lora_unet_layers_1_feed_forward_w2"
     sd[k + ".lokr_w1"], sd[k + ".lokr_w2_a"], sd[k + ".lokr_w2_b"], sd[k + ".alpha"] = a1, w2a, w2b, torch.tensor(6.0)
     deltas.append(("layers.1.feed_forward.w2", slice(None), torch.kron(a1, w2a @ w2b) * (6.0 / 3)))
+    # feed_forward.w1 (170 x 64): w2 with a Tucker core, W2[p, q] = sum_ij t[i, j] a[i, p] b[j, q]
+    w1, t2 = torch.randn(2, 4, generator=g) * 0.2, torch.randn(3, 3, generator=g) * 0.5
+    ta, tb = torch.randn(3, 85, generator=g) * 0.2, torch.randn(3, 16, generator=g) * 0.2
+    k = "lycoris_layers_0_feed_forward_w1"
+    sd |= {k + ".lokr_w1": w1, k + ".lokr_w2_a": ta, k + ".lokr_w2_b": tb, k + ".lokr_t2": t2, k + ".alpha": torch.tensor(1.5)}
+    deltas.append(("layers.0.feed_forward.w1", slice(None), torch.kron(w1, ta.T @ t2 @ tb) * (1.5 / 3)))
     save_file(sd, str(tmp_path / "lokr.safetensors"))
     patch = load_lora(tmp_path / "lokr.safetensors", dit)
-    assert patch.report.modules_patched == 2 and patch.report.unused == []
+    assert patch.report.modules_patched == 3 and patch.report.unused == []
     merged_state = dict(state)
     for name, rows, delta in deltas:
         w = merged_state[name + ".weight"].clone()

@@ -38,7 +38,7 @@ SUFFIXES = [
     (re.compile(r"\.lora\.up\.weight$"), "B"),
     (re.compile(r"\.alpha$"), "alpha"),
     (re.compile(r"\.lora_magnitude_vector(?:\.[A-Za-z0-9_-]+)?(?:\.weight)?$"), "dora_scale"),  # PEFT DoRA
-    (re.compile(r"\.(lokr_w[12](?:_[ab])?)$"), None),
+    (re.compile(r"\.(lokr_w[12](?:_[ab])?|lokr_t2)$"), None),
     (re.compile(r"\.(hada_w[12]_[ab]|hada_t[12])$"), None),
     (re.compile(r"\.(diff|diff_b|set_weight|dora_scale|oft_blocks|rescale)$"), None),
     (re.compile(r"\.(a1|a2|b1|b2)\.weight$"), None),
@@ -46,7 +46,6 @@ SUFFIXES = [
 # Adapter kinds this loader cannot apply -> named in the unused-keys warning.
 UNSUPPORTED = [(re.compile(r"\.oft_diag$"), "OFT with oft_diag (old LyCORIS OFT)"),
                (re.compile(r"\.oft_R$"), "OFT with oft_R"),
-               (re.compile(r"\.lokr_t2$"), "Tucker-decomposed LoKr (lokr_t2)"),
                (re.compile(r"\.[wb]_norm$"), "norm-layer diffs (w_norm / b_norm; only Linear layers are patched)")]
 # Key fragments of other model families' LoRAs -> the family they belong to.
 FAMILIES = [

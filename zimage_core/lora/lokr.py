@@ -1,5 +1,5 @@
 """LoKr (LyCORIS): delta = kron(w1, w2), each factor stored whole (`lokr_w1`) or factorised
-(`lokr_w1_a @ lokr_w1_b`). Scaled by alpha / (rank of the factorised part) when a part is factorised and
+(`lokr_w1_a @ lokr_w1_b`; w2 also with a Tucker core `lokr_t2`, as for LoHa). Scaled by alpha / (rank of the factorised part) when a part is factorised and
 alpha is given, else 1 (LyCORIS / ComfyUI convention). At run time x @ kron(w1, w2).T is computed as
 w1 @ X @ w2.T with X = x reshaped [.., b1, b2], never building the Kronecker product.
 """
@@ -11,7 +11,7 @@ import torch
 from .adapter import Adapter, Target
 from .tensors import matrix
 
-SLOTS = ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b")
+SLOTS = ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 
 
 class LoKr(Adapter):
@@ -44,8 +44,12 @@ def _factor(lk: dict, i: int) -> tuple[torch.Tensor, int | None]:
     if f"lokr_w{i}" in lk:
         return lk[f"lokr_w{i}"], None
     if f"lokr_w{i}_a" in lk and f"lokr_w{i}_b" in lk:
-        return lk[f"lokr_w{i}_a"].float() @ lk[f"lokr_w{i}_b"].float(), lk[f"lokr_w{i}_b"].shape[0]
-    raise ValueError(f"LoKr without w{i}" + (" (Tucker-decomposed LoKr is not supported)" if i == 2 else ""))
+        a, b = lk[f"lokr_w{i}_a"].float(), lk[f"lokr_w{i}_b"].float()
+        t = lk.get(f"lokr_t{i}")
+        if t is not None:  # Tucker core (LyCORIS): W[p, q] = sum_ij t[i, j] a[i, p] b[j, q]
+            return torch.einsum("i j ..., j r, i p -> p r ...", t.float(), b.flatten(1), a), b.shape[0]
+        return a @ b, b.shape[0]
+    raise ValueError(f"LoKr without w{i}")
 
 
 def from_slots(target: Target, slots: dict, alpha: float | None, keys: list[str]) -> LoKr | None:
