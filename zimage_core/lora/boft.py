@@ -16,23 +16,15 @@ from __future__ import annotations
 
 import torch
 
-from .adapter import Adapter, Dense, Target
+from .adapter import Dense, Target
+from .oft import OFT
 from .tensors import cayley, constrained_skew
 
 SLOTS = ("oft_blocks", "rescale")
 
 
-class BOFT(Adapter):
+class BOFT(OFT):
     kind = "BOFT"
-    needs_base = True
-
-    def __init__(self, target: Target, keys: list[str], blocks: torch.Tensor, alpha: float | None,
-                 rescale: torch.Tensor | None):
-        super().__init__(target, keys)
-        self.blocks, self.alpha, self.rescale = blocks, alpha, rescale
-
-    def shape(self):
-        return None
 
     def fits(self, rows, in_features):
         m, k, b, _ = self.blocks.shape

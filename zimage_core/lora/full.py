@@ -5,45 +5,23 @@ from __future__ import annotations
 
 import torch
 
-from .adapter import Adapter, Target
+from .adapter import Adapter, Dense, Target
 from .tensors import matrix
 
 SLOTS = ("diff", "diff_b", "set_weight")
 
 
-class Diff(Adapter):
+class Diff(Dense):
+    """`.diff` D: a dense delta, y += s * x @ D.T."""
+
     kind = "full diff"
 
-    def __init__(self, target: Target, keys: list[str], d: torch.Tensor):
-        super().__init__(target, keys)
-        self.d = d
 
-    def shape(self):
-        return tuple(self.d.shape)
+class BiasDiff(Dense):
+    """`.diff_b` d [rows]: y += s * d."""
 
-    def delta(self, w):
-        return self.d.float()
-
-
-class BiasDiff(Adapter):
     kind = "bias diff"
     bias = True
-
-    def __init__(self, target: Target, keys: list[str], d: torch.Tensor):
-        super().__init__(target, keys)
-        self.d = d
-
-    def shape(self):
-        return tuple(self.d.shape)
-
-    def delta(self, w):
-        return self.d.float()
-
-    def runtime(self, w, strength):
-        return self
-
-    def tensors(self):
-        return (self.d,)
 
     def apply(self, x, tensors, strength):
         (d,) = tensors
