@@ -16,12 +16,17 @@ from ..controlnet import ControlNetConfig, ZImageControlNet
 from ..transformer import DiTConfig
 from .dit import TINY_DIT
 
-# name -> (our variant, control_in_dim, control layers); the released files have 6 / 15 / 15 / 3 layers over 30
+# name -> (our variant, control_in_dim, control layers); the released files have 6 / 15 / 15 / 3 layers over 30.
+# "tile" is the 2.1 layout trained on blurred/low-resolution control images (VideoX-Fun runs it with its 2.1
+# config); "inpaint" is a 2.1-layout file meant to be used with its inpaint input (the 33-channel files' extra
+# 17 channels: keep mask and masked-image latent). Both differ from 2.1 only in their weights.
 TINY_VARIANTS = {
     "1.0": ("plain", 16, 2),
     "2.0": ("layers", 33, 2),
     "2.1": ("refiner", 33, 2),
     "lite": ("refiner", 33, 1),
+    "tile": ("refiner", 33, 2),
+    "inpaint": ("refiner", 33, 2),
 }
 DIFFUSERS_MODE = {"plain": None, "layers": "control_layers", "refiner": "control_noise_refiner"}
 
