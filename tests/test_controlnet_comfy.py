@@ -188,3 +188,36 @@ def test_our_control_reaches_ksampler_through_the_model_and_equals_our_sampler(e
     a, b = pixels(env, got), pixels(env, ref["samples"])
     assert (pixels(env, plain) - b).abs().max() > 10
     assert (a - b).abs().max() <= 1
+
+
+def our_control(env, name, tokens, **kw):
+    from zimage_core.controlnet import ControlImage, ControlPatch, load_controlnet
+
+    net = load_controlnet(env["dir"] / f"cn_{name}.safetensors", "fp32")
+    ctl = ControlImage(net, image(4), 0.8, tokens=tokens, **kw).to_control(env["vae"])
+    return env["patched"].with_patch(ControlPatch([ctl]))
+
+
+def both_injections(env, name):
+    """(ours with the reference's unified-sequence injection, ours with tokens='image', native
+    ZImageFunControlnet): pixels of each, same file, control image, seed and sampler."""
+    kw, native_kw = {}, {}
+    if FILES[name][1] == 33:
+        inpaint, mask = inpaint_inputs()
+        kw = {"inpaint_image": inpaint, "inpaint_mask": mask}
+        native_kw = {"inpaint_image": inpaint, "mask": mask}
+    unified = ksample(our_model(env, our_control(env, name, "unified", **kw)))
+    image_only = ksample(our_model(env, our_control(env, name, "image", **kw)))
+    native = ksample(with_native_control(native_model(env), env, name, image(4), **native_kw))
+    return pixels(env, unified), pixels(env, image_only), pixels(env, native)
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_image_token_injection_equals_native_zimage_fun_controlnet_and_unified_differs(env, name):
+    """Where both agree by construction (our tokens='image' follows ZImageFunControlnet's injection) the images
+    match; the reference's unified-sequence injection (our default) gives another picture on the same file."""
+    unified, image_only, native = both_injections(env, name)
+    assert (image_only - native).abs().max() <= 1, name
+    diff = (unified - native).abs()
+    print(f"\n{name}: unified vs native injection: max {diff.max():.0f}/255, mean {diff.mean():.2f}/255")
+    assert diff.max() > 10
