@@ -124,6 +124,19 @@ def test_wrong_files_and_bad_inputs_get_clear_errors(tmp_path, dit):
     save_file(random_dit_state(TINY_DIT), str(tmp_path / "dit.safetensors"))
     with pytest.raises(CheckpointError, match="expected a Z-Image ControlNet.*Z-Image DiT"):
         load_controlnet(tmp_path / "dit.safetensors")
+    z = torch.zeros(2, 2)
+    others = {  # key names of the released files of each family (a few each)
+        "a Flux ControlNet": {"controlnet_blocks.0.weight": z, "double_blocks.0.img_attn.qkv.weight": z,
+                              "pos_embed_input.weight": z},
+        "a Stable Diffusion / SDXL ControlNet": {"control_model.input_blocks.0.0.weight": z,
+                                                 "control_model.zero_convs.0.0.weight": z},
+        "a Qwen-Image blockwise ControlNet": {"controlnet_blocks.0.y_rms.weight": z, "img_in.weight": z},
+        "a Qwen-Image ControlNet": {"controlnet_blocks.0.weight": z, "transformer_blocks.0.img_mod.1.weight": z},
+    }
+    for i, (family, sd) in enumerate(others.items()):
+        save_file({k: v.clone() for k, v in sd.items()}, str(tmp_path / f"other{i}.safetensors"))
+        with pytest.raises(CheckpointError, match=f"expected a Z-Image ControlNet.*looks like {family}"):
+            load_controlnet(tmp_path / f"other{i}.safetensors")
     net = load_controlnet(write(reference_controlnet("1.0"), tmp_path / "cn.safetensors"), "fp32")
     with pytest.raises(InputError, match="start 0.8 and end 0.2"):
         Control(net, torch.zeros(1, 16, 8, 8), start=0.8, end=0.2)
