@@ -276,6 +276,16 @@ def test_cli_control_gives_the_pipeline_image(tiny_set, tmp_path):
     expected = _pixels(pipe.generate(PROMPT, width=W, height=H, steps=2, seed=4,
                                      controls=[ControlImage(net, reread, 0.6)]))[0]
     assert abs(saved - expected).max() <= 1
+    rc = main(["generate", "--dit", str(paths["dit"]), "--text-encoder", str(paths["text_encoder"]),
+               "--vae", str(paths["vae"]), "--tokenizer", str(paths["tokenizer"]), "--prompt", PROMPT,
+               "--width", str(W), "--height", str(H), "--steps", "2", "--seed", "4",
+               "--control", str(tmp_path / "canny.png"), "--control-model", str(nets["2.1"]),
+               "--control-scale", "0.6", "--control-tokens", "image", "--out", str(tmp_path / "image.png")])
+    assert rc == 0
+    saved = np.asarray(Image.open(tmp_path / "image.png").convert("RGB")).astype(np.int32)
+    expected_image = _pixels(pipe.generate(PROMPT, width=W, height=H, steps=2, seed=4,
+                                           controls=[ControlImage(net, reread, 0.6, tokens="image")]))[0]
+    assert abs(saved - expected_image).max() <= 1 and abs(expected_image - expected).max() > 1
 
 
 def test_cli_control_errors_are_clear(tiny_set, tmp_path, capsys):
