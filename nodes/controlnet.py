@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..zimage_core.controlnet import ControlImage, ControlPatch, ZImageControlNet, load_controlnet
+from ..zimage_core.controlnet import TOKENS, ControlImage, ControlPatch, ZImageControlNet, load_controlnet
 from ..zimage_core.dit_loader import WEIGHT_DTYPES
 from ..zimage_core.errors import InputError
 from . import host
@@ -56,8 +56,8 @@ class ZImageControlNetApply:
                    "with any preprocessor node) steers the layout. Chain several Apply nodes to stack controls "
                    "(their hints add up, each with its own strength and range). As in the reference (diffusers, "
                    "VideoX-Fun) the hints act on the whole image+caption sequence; ComfyUI's ZImageFunControlnet "
-                   "adds them to image tokens only, so pictures differ. With a 2.0+ file, inpaint_image + "
-                   "inpaint_mask use its inpaint input.")
+                   "adds them to image tokens only, so pictures differ (tokens = image reproduces that node). "
+                   "With a 2.0+ file, inpaint_image + inpaint_mask use its inpaint input.")
     CATEGORY = "Z-Image/controlnet"
     RETURN_TYPES = ("ZIMAGE_DIT",)
     RETURN_NAMES = ("dit",)
@@ -82,10 +82,15 @@ class ZImageControlNetApply:
             "mask": ("MASK", {"tooltip": "Where the control acts (1) or not (0); resized to the latent."}),
             "inpaint_image": ("IMAGE", {"tooltip": "2.0+ files: the picture to inpaint (with inpaint_mask)."}),
             "inpaint_mask": ("MASK", {"tooltip": "2.0+ files: 1 = repaint, 0 = keep (with inpaint_image)."}),
+            "tokens": (list(TOKENS), {
+                "default": "unified",
+                "tooltip": "unified: as the reference (diffusers, VideoX-Fun), the hints act on the whole "
+                           "image+caption sequence. image: as ComfyUI's ZImageFunControlnet (image tokens only, "
+                           "refiner hints into the DiT's own tokens), for pictures equal to that node's."}),
         }}
 
     def apply(self, dit, controlnet, vae, image, strength=0.75, start_percent=0.0, end_percent=1.0, mask=None,
-              inpaint_image=None, inpaint_mask=None):
+              inpaint_image=None, inpaint_mask=None, tokens="unified"):
         if start_percent > end_percent:
             raise InputError(f"ZImageControlNetApply: start_percent {start_percent} is after end_percent "
                              f"{end_percent}.")
@@ -93,7 +98,7 @@ class ZImageControlNetApply:
             return (dit,)
         controlnet.net.check_fits(dit.dit, f"ZImageControlNetApply ({controlnet.name})")
         spec = ControlImage(controlnet.net, image, float(strength), float(start_percent), float(end_percent), mask,
-                            inpaint_image, inpaint_mask)
+                            inpaint_image, inpaint_mask, tokens)
         control = spec.to_control(_OnDevice(vae, [dit.host, controlnet.patcher]))
         return (dit.with_patch(ControlPatch([control], host=controlnet.patcher)),)
 

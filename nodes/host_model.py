@@ -12,8 +12,10 @@ share weights (its own weight patches, e.g. from LoraLoaderModelOnly, are applie
 Our runtime patches travel in the clone's transformer_options (`PATCHED_KEY`). Per call the adapter
 installs those patches (LoRA, adaLN, ...),
 works out the step from ComfyUI's `transformer_options` (sample_sigmas, sigmas) for step-dependent
-controls, and forwards ComfyUI's Lumina2 block patches ('noise_refiner', 'double_block') through the
-DiT's block hook with the dictionary keys NextDiT passes.
+controls (a ControlNet attached by ZImageControlNetApply acts here as in our sampler), and forwards
+ComfyUI's Lumina2 block patches ('noise_refiner', 'double_block') through the DiT's block hook with the
+dictionary NextDiT passes: the same keys, NextDiT's rotary layout for 'pe' (`native_pe`) and its refined
+caption as 'txt' at the noise_refiner (ComfyUI's ZImageFunControlnet patch runs its branch on these).
 """
 
 from __future__ import annotations
@@ -84,21 +86,31 @@ class NextDiTAdapter(nn.Module):
             transform = controls.pop("context", None)
             if transform is not None:
                 ctx = transform(ctx)
-            hook = self._block_hook(patches, x, transformer_options)
+            hook = self._block_hook(patches, x, transformer_options, ctx)
             out = dit(x, t, ctx, block_hook=hook, **controls)
         return -out.to(x.dtype)
 
-    def _block_hook(self, patches: dict, x: torch.Tensor, transformer_options: dict):
+    def _block_hook(self, patches: dict, x: torch.Tensor, transformer_options: dict, ctx):
         refiner, double = patches.get("noise_refiner", []), patches.get("double_block", [])
         if not refiner and not double:
             return None
         n_layers = len(self.layers)
+        pes = {}
+
+        def pe(rot, n):  # NextDiT's rotary table for the first n tokens, computed once per stage
+            key = (id(rot), n)
+            if key not in pes:
+                pes.clear()
+                pes[key] = native_pe(rot[:, :n])
+            return pes[key]
 
         def hook(stage, index, u, x_input, n_img, vec, rot):
             if stage == "noise_refiner":
+                # NextDiT passes its refined caption as txt here (the ControlNet patch hands it on unused)
+                txt = nn.utils.rnn.pad_sequence([t.to(u.dtype) for t in ctx.tokens], batch_first=True)
                 for p in refiner:
-                    out = p({"img": u, "img_input": x_input, "txt": None, "pe": rot, "vec": vec, "x": x,
-                             "block_index": index, "transformer_options": transformer_options,
+                    out = p({"img": u, "img_input": x_input, "txt": txt, "pe": pe(rot, u.shape[1]), "vec": vec,
+                             "x": x, "block_index": index, "transformer_options": transformer_options,
                              "block_type": "noise_refiner"})
                     if "img" in out:
                         u = out["img"]
@@ -108,7 +120,7 @@ class NextDiTAdapter(nn.Module):
             transformer_options["block_index"] = index
             for p in double:
                 out = p({"img": u[:, :n_img], "img_input": x_input[:, :n_img], "txt": u[:, n_img:],
-                         "pe": rot[:, :n_img], "vec": vec, "x": x, "block_index": index,
+                         "pe": pe(rot, n_img), "vec": vec, "x": x, "block_index": index,
                          "transformer_options": transformer_options})
                 if "img" in out:
                     u[:, :n_img] = out["img"]
@@ -117,6 +129,13 @@ class NextDiTAdapter(nn.Module):
             return u
 
         return hook
+
+
+def native_pe(rot: torch.Tensor) -> torch.Tensor:
+    """Our rotary table [B, L, D/2, 2] of (cos, sin) -> NextDiT's `freqs_cis` [B, L, 1, D/2, 2, 2]: per pair
+    the rotation matrix [[cos, -sin], [sin, cos]] (comfy.ldm.flux.math.rope's layout), float32."""
+    c, s = rot[..., 0].float(), rot[..., 1].float()
+    return torch.stack((c, -s, s, c), dim=-1).unflatten(-1, (2, 2)).unsqueeze(2)
 
 
 def model_config(dit):
@@ -145,6 +164,10 @@ def as_model(patched: PatchedDiT, load_device: torch.device, offload_device: tor
     model.model_options = dict(model.model_options)
     model.model_options["transformer_options"] = {**model.model_options.get("transformer_options", {}),
                                                   PATCHED_KEY: patched}
+    # models our patches bring (a ControlNet's ModelPatcher): ComfyUI loads them with this MODEL for sampling
+    extra = [h for h in patched.hosts() if h is not patched.host and isinstance(h, comfy.model_patcher.ModelPatcher)]
+    if extra:
+        model.set_additional_models("zimage_patches", extra)
     return model
 
 

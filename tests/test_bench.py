@@ -39,5 +39,7 @@ def test_make_tiny_cli_writes_the_comfyui_and_diffusers_layouts(tmp_path):
                 "vae/ae_tiny.safetensors", "tokenizer/tokenizer.json", "Z-Image-Tiny/model_index.json",
                 "Z-Image-Tiny/transformer/config.json", "Z-Image-Tiny/vae/config.json",
                 "Z-Image-Tiny/text_encoder/config.json", "model_patches/controlnet_tiny_2.1.safetensors",
-                "model_patches/controlnet_tiny_1.0/config.json"):
+                "model_patches/controlnet_tiny_1.0/config.json", "model_patches/controlnet_tiny_tile.safetensors",
+                "model_patches/controlnet_tiny_tile/config.json", "model_patches/controlnet_tiny_inpaint.safetensors",
+                "model_patches/controlnet_tiny_inpaint/config.json"):
         assert (tmp_path / rel).exists(), rel

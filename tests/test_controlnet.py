@@ -124,6 +124,19 @@ def test_wrong_files_and_bad_inputs_get_clear_errors(tmp_path, dit):
     save_file(random_dit_state(TINY_DIT), str(tmp_path / "dit.safetensors"))
     with pytest.raises(CheckpointError, match="expected a Z-Image ControlNet.*Z-Image DiT"):
         load_controlnet(tmp_path / "dit.safetensors")
+    z = torch.zeros(2, 2)
+    others = {  # key names of the released files of each family (a few each)
+        "a Flux ControlNet": {"controlnet_blocks.0.weight": z, "double_blocks.0.img_attn.qkv.weight": z,
+                              "pos_embed_input.weight": z},
+        "a Stable Diffusion / SDXL ControlNet": {"control_model.input_blocks.0.0.weight": z,
+                                                 "control_model.zero_convs.0.0.weight": z},
+        "a Qwen-Image blockwise ControlNet": {"controlnet_blocks.0.y_rms.weight": z, "img_in.weight": z},
+        "a Qwen-Image ControlNet": {"controlnet_blocks.0.weight": z, "transformer_blocks.0.img_mod.1.weight": z},
+    }
+    for i, (family, sd) in enumerate(others.items()):
+        save_file({k: v.clone() for k, v in sd.items()}, str(tmp_path / f"other{i}.safetensors"))
+        with pytest.raises(CheckpointError, match=f"expected a Z-Image ControlNet.*looks like {family}"):
+            load_controlnet(tmp_path / f"other{i}.safetensors")
     net = load_controlnet(write(reference_controlnet("1.0"), tmp_path / "cn.safetensors"), "fp32")
     with pytest.raises(InputError, match="start 0.8 and end 0.2"):
         Control(net, torch.zeros(1, 16, 8, 8), start=0.8, end=0.2)
@@ -168,14 +181,15 @@ def _pixels(images):
 
 def test_single_file_and_diffusers_folder_load_the_same_weights(tiny_set):
     _, nets, _ = tiny_set
-    for variant in ("1.0", "2.0", "2.1", "lite"):
+    for variant in ("1.0", "2.0", "2.1", "lite", "tile", "inpaint"):
         a, b = load_controlnet(nets[variant], "fp32"), load_controlnet(nets[variant + "/diffusers"], "fp32")
         assert a.cfg == b.cfg
         for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
             assert torch.equal(va, vb), (variant, k)
 
 
-@pytest.mark.parametrize("variant,scale,end", [("1.0", 0.7, 1.0), ("2.1", 1.0, 1.0), ("2.0", 0.7, 1.0)])
+@pytest.mark.parametrize("variant,scale,end", [("1.0", 0.7, 1.0), ("2.1", 1.0, 1.0), ("2.0", 0.7, 1.0),
+                                               ("tile", 0.85, 1.0), ("lite", 0.7, 1.0)])
 def test_controlnet_pipeline_matches_diffusers(tiny_set, variant, scale, end):
     from zimage_core.controlnet import ControlImage
 
@@ -194,11 +208,12 @@ def test_controlnet_pipeline_matches_diffusers(tiny_set, variant, scale, end):
     assert abs(a - plain).max() > 10  # the control changed the picture
 
 
-def test_controlnet_inpaint_pipeline_matches_diffusers(tiny_set):
+@pytest.mark.parametrize("variant", ["2.1", "inpaint"])
+def test_controlnet_inpaint_pipeline_matches_diffusers(tiny_set, variant):
     from zimage_core.controlnet import ControlImage
 
     paths, nets, pipe = tiny_set
-    ref_net = diffusers.ZImageControlNetModel.from_pretrained(str(nets["2.1/diffusers"]))
+    ref_net = diffusers.ZImageControlNetModel.from_pretrained(str(nets[variant + "/diffusers"]))
     ref = diffusers.ZImageControlNetInpaintPipeline.from_pretrained(str(paths["diffusers"]), controlnet=ref_net)
     control, init = _image(4), _image(5)
     mask = torch.zeros(1, H, W)
@@ -207,7 +222,7 @@ def test_controlnet_inpaint_pipeline_matches_diffusers(tiny_set):
                    control_image=control.permute(0, 3, 1, 2) * 2 - 1, controlnet_conditioning_scale=0.9,
                    height=H, width=W, num_inference_steps=4, guidance_scale=0.0,
                    generator=torch.Generator("cpu").manual_seed(2), output_type="np").images
-    net = load_controlnet(nets["2.1"], "fp32")
+    net = load_controlnet(nets[variant], "fp32")
     got = pipe.generate(PROMPT, width=W, height=H, steps=4, seed=2, controls=[
         ControlImage(net, control, 0.9, inpaint_image=init, inpaint_mask=mask)])
     a, b = _pixels(got), _pixels(expected)
@@ -261,6 +276,16 @@ def test_cli_control_gives_the_pipeline_image(tiny_set, tmp_path):
     expected = _pixels(pipe.generate(PROMPT, width=W, height=H, steps=2, seed=4,
                                      controls=[ControlImage(net, reread, 0.6)]))[0]
     assert abs(saved - expected).max() <= 1
+    rc = main(["generate", "--dit", str(paths["dit"]), "--text-encoder", str(paths["text_encoder"]),
+               "--vae", str(paths["vae"]), "--tokenizer", str(paths["tokenizer"]), "--prompt", PROMPT,
+               "--width", str(W), "--height", str(H), "--steps", "2", "--seed", "4",
+               "--control", str(tmp_path / "canny.png"), "--control-model", str(nets["2.1"]),
+               "--control-scale", "0.6", "--control-tokens", "image", "--out", str(tmp_path / "image.png")])
+    assert rc == 0
+    saved = np.asarray(Image.open(tmp_path / "image.png").convert("RGB")).astype(np.int32)
+    expected_image = _pixels(pipe.generate(PROMPT, width=W, height=H, steps=2, seed=4,
+                                           controls=[ControlImage(net, reread, 0.6, tokens="image")]))[0]
+    assert abs(saved - expected_image).max() <= 1 and abs(expected_image - expected).max() > 1
 
 
 def test_cli_control_errors_are_clear(tiny_set, tmp_path, capsys):
@@ -275,29 +300,60 @@ def test_cli_control_errors_are_clear(tiny_set, tmp_path, capsys):
     assert "--control-inpaint needs a ControlNet" in capsys.readouterr().err
 
 
-# variant -> (control_in_dim, control layers, refiner kind, the DiT layers the released config lists)
+# Released files -> (control_in_dim, control layers, refiner kind, the DiT layers their config lists, the model
+# type diffusers' single-file detection assigns). Configs: 1.0 = hlky/Z-Image-Turbo-Fun-Controlnet-Union
+# (control_layers_places 0, 5, ..., 25; add_control_noise_refiner None; control_in_dim 16); 2.0 / 2.1 =
+# hlky/...-Union-2.0 / -2.1 (places 0, 2, ..., 28; refiner places [0, 1]; "control_layers" /
+# "control_noise_refiner"; control_in_dim 33); lite = VideoX-Fun's 2.1 lite config (places 0, 10, 20); tile and
+# the 8-step distilled files are run with the 2.1 (or lite) config: same keys, other weights.
 RELEASED = {
-    "1.0": (16, 6, "plain", [0, 5, 10, 15, 20, 25]),
-    "2.0": (33, 15, "layers", list(range(0, 30, 2))),
-    "2.1": (33, 15, "refiner", list(range(0, 30, 2))),
-    "lite": (33, 3, "refiner", [0, 10, 20]),
+    "1.0": (16, 6, "plain", [0, 5, 10, 15, 20, 25], "z-image-turbo-controlnet"),
+    "2.0": (33, 15, "layers", list(range(0, 30, 2)), "z-image-turbo-controlnet-2.0"),
+    "2.1": (33, 15, "refiner", list(range(0, 30, 2)), "z-image-turbo-controlnet-2.1"),
+    "2.1-8steps": (33, 15, "refiner", list(range(0, 30, 2)), "z-image-turbo-controlnet-2.1"),
+    "tile-2.1": (33, 15, "refiner", list(range(0, 30, 2)), "z-image-turbo-controlnet-2.1"),
+    # diffusers has no lite entry: its detection (no control_layers.14) falls to the 1.0 type, whose config
+    # would not fit the file; our loader reads the sizes from the file instead
+    "lite": (33, 3, "refiner", [0, 10, 20], "z-image-turbo-controlnet"),
+    "tile-lite": (33, 3, "refiner", [0, 10, 20], "z-image-turbo-controlnet"),
 }
 
 
 @pytest.mark.parametrize("variant", list(RELEASED))
 def test_full_size_released_variants_on_the_meta_device(variant):
     """The released files' key sets and shapes (diffusers names, as in the VideoX-Fun files) for a
-    3840-wide, 30-layer Z-Image DiT; built on the meta device, read back through the loader's config."""
+    3840-wide, 30-layer Z-Image DiT; built on the meta device, read back through the loader's config, and
+    compared with what diffusers' own ZImageControlNetModel holds for that config."""
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
     from zimage_core.controlnet import ControlNetConfig, ZImageControlNet, read_config
+    from zimage_core.tiny.controlnet import diffusers_config
     from zimage_core.transformer import DiTConfig
 
-    in_dim, n, kind, places = RELEASED[variant]
+    in_dim, n, kind, places, detected = RELEASED[variant]
     dit = DiTConfig()
     cfg = ControlNetConfig(dim=3840, n_heads=30, ffn_dim=10240, control_in_dim=in_dim, n_control_layers=n,
                            variant=kind)
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in ZImageControlNet(cfg).state_dict().items()}
-    assert cfg.places(dit.n_layers) == places
+        conf = {k: v for k, v in diffusers_config(cfg, dit.n_layers).items() if not k.startswith("_")}
+        ref = diffusers.ZImageControlNetModel(**conf)
+    assert cfg.places(dit.n_layers) == places == conf["control_layers_places"]
+    # the file's keys: diffusers' parameters of the branch (as VideoX-Fun saves them; 2.0 files also carry an
+    # all-zero control_noise_refiner that diffusers drops)
+    file_shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items() if k.startswith("control_")}
+    ours_in_file_names = {}
+    for k, v in shapes.items():
+        if k.endswith(".attention.qkv.weight"):
+            base = k[: -len("qkv.weight")]
+            for part in ("to_q", "to_k", "to_v"):
+                ours_in_file_names[f"{base}{part}.weight"] = (v[0] // 3, v[1])
+            continue
+        for a, b in ((".attention.out.", ".attention.to_out.0."), (".attention.q_norm.", ".attention.norm_q."),
+                     (".attention.k_norm.", ".attention.norm_k.")):
+            k = k.replace(a, b)
+        ours_in_file_names[k] = v
+    assert ours_in_file_names == file_shapes
     assert shapes["control_all_x_embedder.2-1.weight"] == (3840, 4 * in_dim)
     assert shapes[f"control_layers.{n - 1}.adaLN_modulation.0.weight"] == (4 * 3840, 256)
     assert shapes["control_layers.0.attention.qkv.weight"] == (3 * 3840, 3840)  # to_q/to_k/to_v in the file
@@ -312,3 +368,10 @@ def test_full_size_released_variants_on_the_meta_device(variant):
         assert "control_noise_refiner.1.adaLN_modulation.0.weight" in shapes
         assert ("control_noise_refiner.0.before_proj.weight" in shapes) == (kind == "refiner")
     assert read_config(shapes, lambda: False, "meta") == cfg
+    # diffusers' single-file detection on the same key set (before_proj all-zero in a 2.0 file)
+    ckpt = {k: torch.empty(v, device="meta") for k, v in file_shapes.items()}
+    if kind == "layers":
+        ckpt["control_noise_refiner.0.before_proj.weight"] = torch.zeros(2, 2)
+    elif kind == "refiner":
+        ckpt["control_noise_refiner.0.before_proj.weight"] = torch.ones(2, 2)
+    assert infer_diffusers_model_type(ckpt) == detected

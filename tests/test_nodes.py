@@ -433,6 +433,25 @@ def test_controlnet_nodes_give_the_pipeline_image_and_stack(M, models, cond, pip
     assert (img2 - img).abs().max() > 0.02
 
 
+def test_controlnet_apply_with_image_tokens_gives_the_pipeline_image_of_that_injection(M, models, cond, pipe, tiny):
+    """tokens='image' (ComfyUI ZImageFunControlnet's injection; its equality with that node is tested in
+    test_controlnet_comfy.py) reaches the core from the node, and differs from the reference's injection."""
+    from zimage_core.controlnet import ControlImage, load_controlnet
+
+    dit, _, vae = models
+    f = tiny["controlnets"] / "controlnet_tiny_2.1.safetensors"
+    (cn,) = M["ZImageControlNetLoader"]().load(str(f))
+    a = _control_image(3)
+    imgs = {}
+    for tokens in ("unified", "image"):
+        (d,) = M["ZImageControlNetApply"]().apply(dit, cn, vae, a, 0.8, 0.0, 1.0, tokens=tokens)
+        imgs[tokens] = M["ZImageVAEDecode"]().decode(vae, sample(M, d, cond, empty(M), seed=42, steps=4))[0]
+    ref = pipe.generate(PROMPT, width=64, height=48, steps=4, seed=42, controls=[
+        ControlImage(load_controlnet(f), a, 0.8, tokens="image")])
+    assert (imgs["image"] * 255).round().sub((ref * 255).round()).abs().max() <= 1
+    assert (imgs["image"] - imgs["unified"]).abs().max() > 0.02
+
+
 def test_controlnet_nodes_refuse_bad_inputs(M, models, tiny, errors):
     dit, _, vae = models
     files = tiny["controlnets"]
@@ -444,3 +463,5 @@ def test_controlnet_nodes_refuse_bad_inputs(M, models, tiny, errors):
     with pytest.raises(errors.InputError, match="no inpaint input"):
         M["ZImageControlNetApply"]().apply(dit, cn10, vae, _control_image(), 1.0, 0.0, 1.0,
                                            inpaint_image=_control_image(), inpaint_mask=torch.ones(1, 48, 64))
+    with pytest.raises(errors.InputError, match="tokens 'both'; expected one of unified, image"):
+        M["ZImageControlNetApply"]().apply(dit, cn10, vae, _control_image(), 1.0, 0.0, 1.0, tokens="both")

@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workflow_support as ws
 
 EXPECTED = ("turbo_t2i", "base_cfg", "prompt_enhancer_turbo", "lora_stack", "img2img", "inpaint", "adaln_variety",
-            "native_mixed", "ksampler_bridge", "low_vram_fast", "controlnet_canny", "nag_turbo")
+            "native_mixed", "ksampler_bridge", "low_vram_fast", "controlnet_canny", "nag_turbo",
+            "controlnet_depth_pose", "controlnet_inpaint", "controlnet_tile_upscale")
 INDEX = json.loads(ws.INDEX_PATH.read_text(encoding="utf-8"))
 NAMES = [w["name"] for w in INDEX["workflows"]]
 SIZE, STEPS = 64, 3
@@ -423,6 +424,44 @@ def test_controlnet_canny_runs_and_the_control_changes_the_picture(tiny_env):
     assert (saved(tiny_env, g0, res0) - img).abs().max() > 0.02
 
 
+def test_controlnet_depth_pose_stacks_two_controls_with_their_own_ranges(tiny_env):
+    g, res = tiny_run(tiny_env, "controlnet_depth_pose")
+    img = saved(tiny_env, g, res)
+    sid = ws.find_node(g, "ZImageSampler")
+    (patch_a, patch_b) = res.inputs[sid]["dit"].patches
+    (a,), (b,) = patch_a.controls, patch_b.controls
+    assert (a.scale, a.end, b.scale, b.end) == (0.55, 1.0, 0.6, 0.8)
+    first = g[sid]["inputs"]["dit"][0]  # the pose node; drop it and the depth control alone remains
+    g1, res1 = tiny_run(tiny_env, "controlnet_depth_pose", {sid: {"dit": g[first]["inputs"]["dit"]}})
+    assert (saved(tiny_env, g1, res1) - img).abs().max() > 0.02
+
+
+def test_controlnet_inpaint_feeds_the_inpaint_input_and_keeps_the_unmasked_area(tiny_env):
+    g, res = tiny_run(tiny_env, "controlnet_inpaint")
+    saved(tiny_env, g, res)
+    cid = ws.find_node(g, "ZImageControlNetApply")
+    lid = ws.find_node(g, "LoadImage")
+    assert g[cid]["inputs"]["inpaint_image"] == [lid, 0] and g[cid]["inputs"]["inpaint_mask"] == [lid, 1]
+    src = res.outputs[ws.find_node(g, "ZImageVAEEncode")][0]["samples"]
+    out = latent_of(g, res)
+    torch.testing.assert_close(out[..., 4:], src[..., 4:], atol=1e-5, rtol=1e-5)  # unmasked half kept
+    assert (out[..., :4] - src[..., :4]).abs().mean() > 0.05
+
+
+def test_controlnet_tile_upscale_enlarges_then_controls_with_the_enlarged_picture(tiny_env):
+    g, res = tiny_run(tiny_env, "controlnet_tile_upscale")
+    img = saved(tiny_env, g, res)
+    up = ws.find_node(g, "ImageScaleBy")
+    assert load_api("controlnet_tile_upscale")[up]["inputs"]["scale_by"] == 2.0  # 1.0 in the quick run
+    cid = ws.find_node(g, "ZImageControlNetApply")
+    assert g[cid]["inputs"]["image"] == [up, 0] and g[ws.find_node(g, "ZImageVAEEncode")]["inputs"]["image"] == [up, 0]
+    g2, res2 = tiny_run(tiny_env, "controlnet_tile_upscale", {up: {"scale_by": 2.0}})
+    assert res2.outputs[up][0].shape == (1, 2 * SIZE, 2 * SIZE, 3)
+    assert res2.inputs[ws.find_node(g2, "SaveImage")]["images"].shape == (1, 2 * SIZE, 2 * SIZE, 3)
+    g0, res0 = tiny_run(tiny_env, "controlnet_tile_upscale", {cid: {"strength": 0.0}})
+    assert (saved(tiny_env, g0, res0) - img).abs().max() > 0.02
+
+
 def test_nag_turbo_runs_and_scale_zero_equals_the_graph_without_nag(tiny_env):
     g, res = tiny_run(tiny_env, "nag_turbo")
     saved(tiny_env, g, res)
@@ -481,6 +520,8 @@ def server(comfyui_host, tiny, tmp_path_factory):
             host.put_model("loras", n, ws.write_tiny_lora(d / n, seed=i))
         host.put_model("model_patches", "Z-Image-Turbo-Fun-Controlnet-Union-2.0.safetensors",
                        paths["controlnets"] / "controlnet_tiny_2.0.safetensors")
+        host.put_model("model_patches", "Z-Image-Turbo-Fun-Controlnet-Tile-2.1-2601-8steps.safetensors",
+                       paths["controlnets"] / "controlnet_tiny_tile.safetensors")
         ws.write_example_image(Path(host.input_dir) / "example.png", SIZE)
         yield host
     finally:

@@ -92,6 +92,11 @@ CORE_NODES = {
         "latent_image": ("LATENT", {}),
         "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
     }, outputs=(("LATENT", "LATENT"),), category="sampling"),
+    "ImageScaleBy": _core("Upscale Image By", {
+        "image": ("IMAGE", {}),
+        "upscale_method": (["nearest-exact", "bilinear", "area", "bicubic", "lanczos"], {}),
+        "scale_by": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 8.0, "step": 0.01}),
+    }, outputs=(("IMAGE", "IMAGE"),), category="image/upscaling"),
     # registered by the frontend itself (no Python class; graphToPrompt skips them)
     "Note": _core("Note", {"text": ("STRING", {"multiline": True})}),
     "MarkdownNote": _core("Markdown Note", {"text": ("STRING", {"multiline": True})}),
@@ -527,6 +532,8 @@ def run_overrides(graph: dict, models: TinyModels | None, size: int = 64, steps:
             c["steps"] = steps
         elif t == "ZImagePromptEnhancer":
             c["max_new_tokens"] = max_new_tokens
+        elif t == "ImageScaleBy":  # the upscale workflow's output stays `size` x `size`
+            c["scale_by"] = 1.0
         elif t == "ZImageAdaLNScale" and dit_layers is not None and inp.get("first_block", 0) >= dit_layers:
             c["first_block"] = 0
         if c:
@@ -614,7 +621,7 @@ def make_stand_ins(input_dir: Path, output_dir: Path) -> dict:
     """TEST STAND-INS for the ComfyUI core nodes the workflows use (ComfyUI itself is not imported). Each
     follows the semantics of ComfyUI v0.18.1's node on CPU float32 tensors: LoadImage (RGB 0..1, MASK =
     1 - alpha, or a 64x64 zero mask without alpha), SaveImage (PNG files, the `ui.images` list),
-    SetLatentNoiseMask, Canny (kornia, as ComfyUI calls it), EmptySD3LatentImage, ConditioningZeroOut,
+    SetLatentNoiseMask, Canny (kornia, as ComfyUI calls it), ImageScaleBy, EmptySD3LatentImage, ConditioningZeroOut,
     VAELoader / VAEDecode (here the Flux VAE of zimage_core, loaded from a file path, decoding to
     [B, H, W, 3] in 0..1 as comfy.sd.VAE does)."""
     import numpy as np
@@ -674,6 +681,21 @@ def make_stand_ins(input_dir: Path, output_dir: Path) -> dict:
             edges = canny(image.float().movedim(-1, 1), low_threshold, high_threshold)[1]
             return (edges.repeat(1, 3, 1, 1).movedim(1, -1),)
 
+    class ImageScaleBy:  # size round(side * scale_by); lanczos through PIL per image, as comfy.utils.lanczos
+        RETURN_TYPES = ("IMAGE",)
+        FUNCTION = "upscale"
+
+        def upscale(self, image, upscale_method, scale_by):
+            h, w = round(image.shape[1] * scale_by), round(image.shape[2] * scale_by)
+            if upscale_method == "lanczos":
+                out = [torch.from_numpy(np.asarray(Image.fromarray(np.clip(255.0 * i.numpy(), 0, 255).round()
+                                                                   .astype(np.uint8)).resize((w, h), Image.LANCZOS))
+                                        .astype(np.float32) / 255.0) for i in image]
+                return (torch.stack(out),)
+            mode = {"nearest-exact": "nearest-exact", "bilinear": "bilinear", "area": "area", "bicubic": "bicubic"}
+            x = torch.nn.functional.interpolate(image.movedim(-1, 1), size=(h, w), mode=mode[upscale_method])
+            return (x.movedim(1, -1),)
+
     class EmptySD3LatentImage:
         RETURN_TYPES = ("LATENT",)
         FUNCTION = "execute"
@@ -717,7 +739,7 @@ def make_stand_ins(input_dir: Path, output_dir: Path) -> dict:
         def decode(self, vae, samples):
             return (vae.decode(samples["samples"]),)
 
-    return {c.__name__: c for c in (LoadImage, SaveImage, SetLatentNoiseMask, Canny, EmptySD3LatentImage,
+    return {c.__name__: c for c in (LoadImage, SaveImage, SetLatentNoiseMask, Canny, ImageScaleBy, EmptySD3LatentImage,
                                     ConditioningZeroOut, VAELoader, VAEDecode)}
 
 

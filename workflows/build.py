@@ -33,8 +33,12 @@ MODELS = {  # Comfy-Org repackaged files, as users have them in ComfyUI/models/<
     "Z-Image-Turbo-Fun-Controlnet-Union-2.0.safetensors": (
         "model_patches", "https://huggingface.co/alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union-2.0/resolve/main/"
                          "Z-Image-Turbo-Fun-Controlnet-Union-2.0.safetensors"),
+    "Z-Image-Turbo-Fun-Controlnet-Tile-2.1-2601-8steps.safetensors": (
+        "model_patches", "https://huggingface.co/alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union-2.1/resolve/main/"
+                         "Z-Image-Turbo-Fun-Controlnet-Tile-2.1-2601-8steps.safetensors"),
 }
 CONTROLNET = "Z-Image-Turbo-Fun-Controlnet-Union-2.0.safetensors"
+CONTROLNET_TILE = "Z-Image-Turbo-Fun-Controlnet-Tile-2.1-2601-8steps.safetensors"
 TURBO, BASE, TE, VAE = "z_image_turbo_bf16.safetensors", "z_image_bf16.safetensors", "qwen_3_4b.safetensors", "ae.safetensors"
 MODEL_INPUTS = {"dit_name": "diffusion_models", "text_encoder_name": "text_encoders", "vae_name": "vae",
                 "lora_name": "loras", "lora_1": "loras", "lora_2": "loras", "lora_3": "loras", "lora_4": "loras",
@@ -639,6 +643,129 @@ two controls, each with its own strength and range.
     return g
 
 
+def controlnet_depth_pose() -> Graph:
+    g = Graph("controlnet_depth_pose", "Two ControlNets stacked: depth + pose",
+              "A depth map and a pose skeleton steer Z-Image-Turbo together: two Z-Image ControlNet Apply nodes are "
+              "chained, their hints add up, each with its own strength and range.",
+              tags=["controlnet", "turbo"])
+    g.note(0, "About this workflow", f"""
+## Stacked controls: depth + pose
+
+Two **Z-Image ControlNet Apply** nodes in a chain, both with the same Union file (it knows canny, depth,
+pose, MLSD, HED, scribble and gray). Their hints are summed in every step; each keeps its own
+*strength* and *start/end percent*.
+
+- **Depth Map** and **Pose Skeleton**: load pictures made by any preprocessor (a depth estimator, an
+  OpenPose renderer; no annotator models are bundled). They are resized to the generated size.
+- Depth (0.55, whole schedule) sets the space; pose (0.6, until 0.8) sets the figure and leaves the last
+  steps free for detail. Keep the sum of the strengths below about 1.3 for Turbo.
+{MODELS_MD.format(dit=TURBO)}- `model_patches/{CONTROLNET}` (any Union file: 1.0, 2.1, lite)
+""", size=(420, 560))
+    dit, te = loaders(g)
+    vae = vae_loader(g)
+    cn = g.add("ZImageControlNetLoader", 1, "Load ControlNet", {"controlnet_name": CONTROLNET, "weight_dtype": "auto"},
+               size=(340, 90))
+    g.group("Models", 1)
+    depth = g.add("LoadImage", 2, "Depth Map", {"image": "example.png"}, size=(440, 420))
+    pose = g.add("LoadImage", 2, "Pose Skeleton", {"image": "example.png"}, size=(440, 420))
+    g.group("Control images", 2, color="#88a")
+    pos = prompt(g, te, "A dancer in a flowing red dress mid-spin on an empty theatre stage, a single spotlight, dust "
+                        "in the light beam, photograph.", col=3)
+    lat = g.add("ZImageEmptyLatent", 3, "Image Size",
+                {"resolution": "custom", "width": 1024, "height": 1024, "batch_size": 1}, size=(440, 160))
+    c1 = g.add("ZImageControlNetApply", 3, "ControlNet Apply (depth)",
+               {"strength": 0.55, "start_percent": 0.0, "end_percent": 1.0},
+               {"dit": dit[0], "controlnet": cn[0], "vae": vae[0], "image": depth[0]}, size=(440, 190))
+    c2 = g.add("ZImageControlNetApply", 3, "ControlNet Apply (pose)",
+               {"strength": 0.6, "start_percent": 0.0, "end_percent": 0.8},
+               {"dit": c1[0], "controlnet": cn[0], "vae": vae[0], "image": pose[0]}, size=(440, 190))
+    samp = sampler(g, c2[0], pos, lat, 4, seed=21)
+    decode_save(g, vae, samp, 4, "z-image-depth-pose")
+    return g
+
+
+def controlnet_inpaint() -> Graph:
+    g = Graph("controlnet_inpaint", "Inpainting with a ControlNet (2.0+ inpaint input)",
+              "Repaint the masked part of a picture while the ControlNet keeps its structure: the Union 2.x file gets "
+              "the picture and the mask through its inpaint input, the latent noise mask keeps the rest exactly.",
+              tags=["controlnet", "inpainting", "turbo"])
+    g.note(0, "About this workflow", f"""
+## Inpainting with the ControlNet's inpaint input
+
+1. Load a picture, right-click **Input Image** > *Open in MaskEditor*, paint the area to change.
+2. Describe the whole picture in the prompt.
+
+The picture and its mask go twice into the graph:
+- into **Z-Image ControlNet Apply** as `inpaint_image` / `inpaint_mask` (the 33-channel 2.0+ files read
+  control latent + keep mask + masked picture, as diffusers' `ZImageControlNetInpaintPipeline`), with the
+  picture's **Canny** edges as the control image, so the new content follows the old outlines;
+- into native **Set Latent Noise Mask**, so everything outside the mask stays exactly as it was.
+
+Use a pose or depth picture instead of the edges to change more than the surface.
+{MODELS_MD.format(dit=TURBO)}- `model_patches/{CONTROLNET}` (2.0, 2.1 or lite: the 1.0 file has no inpaint input)
+""", size=(420, 600))
+    dit, te = loaders(g)
+    vae = vae_loader(g)
+    cn = g.add("ZImageControlNetLoader", 1, "Load ControlNet", {"controlnet_name": CONTROLNET, "weight_dtype": "auto"},
+               size=(340, 90))
+    g.group("Models", 1)
+    img = g.add("LoadImage", 2, "Input Image (paint the mask)", {"image": "example.png"}, size=(440, 420))
+    edges = g.add("Canny", 2, "Canny", {"low_threshold": 0.4, "high_threshold": 0.8}, {"image": img[0]},
+                  size=(440, 90))
+    enc = g.add("ZImageVAEEncode", 2, "Encode Image", {"tiled": False}, {"vae": vae[0], "image": img[0]},
+                size=(440, 80))
+    mask = g.add("SetLatentNoiseMask", 2, "Set Latent Noise Mask", inputs={"samples": enc[0], "mask": img[1]},
+                 size=(440, 50))
+    g.group("Image and mask", 2, color="#88a")
+    pos = prompt(g, te, "A sunlit kitchen table with a blue ceramic bowl full of ripe lemons, a linen cloth and a "
+                        "glass of water, soft morning light, photograph.", col=3)
+    ctl = g.add("ZImageControlNetApply", 3, "ControlNet Apply (inpaint)",
+                {"strength": 0.8, "start_percent": 0.0, "end_percent": 1.0},
+                {"dit": dit[0], "controlnet": cn[0], "vae": vae[0], "image": edges[0], "inpaint_image": img[0],
+                 "inpaint_mask": img[1]}, size=(440, 230))
+    samp = sampler(g, ctl[0], pos, mask, 4, seed=13, denoise=1.0)
+    decode_save(g, vae, samp, 4, "z-image-controlnet-inpaint")
+    return g
+
+
+def controlnet_tile_upscale() -> Graph:
+    g = Graph("controlnet_tile_upscale", "Tile ControlNet upscale",
+              "A small picture is enlarged 2x (native Upscale Image By) and re-rendered by Turbo with the tile "
+              "ControlNet, which keeps the picture's layout and colours while the sampler adds fine detail.",
+              tags=["controlnet", "upscale", "tile", "turbo"])
+    g.note(0, "About this workflow", f"""
+## Tile upscale
+
+**Load Image** -> native **Upscale Image By** (2x, lanczos) -> the enlarged picture is both
+- the **control image** of the tile ControlNet (strength 0.85, as VideoX-Fun's tile example), and
+- the **start latent** (VAE Encode, denoise 0.75): the sampler redraws it at the new size.
+
+The tile model keeps what is where; the prompt and the sampler add the detail the small picture
+lacked. Lower *denoise* keeps more of the enlarged picture; lower *strength* lets the prompt change more.
+Pictures over ~1.5 megapixels: use the pack's tiled VAE options.
+{MODELS_MD.format(dit=TURBO)}- `model_patches/{CONTROLNET_TILE}` (or the tile lite file)
+""", size=(420, 560))
+    dit, te = loaders(g)
+    vae = vae_loader(g)
+    cn = g.add("ZImageControlNetLoader", 1, "Load Tile ControlNet",
+               {"controlnet_name": CONTROLNET_TILE, "weight_dtype": "auto"}, size=(340, 90))
+    g.group("Models", 1)
+    img = g.add("LoadImage", 2, "Small Picture", {"image": "example.png"}, size=(440, 420))
+    big = g.add("ImageScaleBy", 2, "Upscale Image By", {"upscale_method": "lanczos", "scale_by": 2.0},
+                {"image": img[0]}, size=(440, 90))
+    enc = g.add("ZImageVAEEncode", 2, "Encode Enlarged Picture", {"tiled": False}, {"vae": vae[0], "image": big[0]},
+                size=(440, 80))
+    g.group("Picture", 2, color="#88a")
+    pos = prompt(g, te, "A detailed photograph of an old stone harbour town at golden hour, fishing boats, sharp "
+                        "textures of stone and wood, natural colours.", col=3)
+    ctl = g.add("ZImageControlNetApply", 3, "ControlNet Apply (tile)",
+                {"strength": 0.85, "start_percent": 0.0, "end_percent": 1.0},
+                {"dit": dit[0], "controlnet": cn[0], "vae": vae[0], "image": big[0]}, size=(440, 190))
+    samp = sampler(g, ctl[0], pos, enc, 4, seed=7, denoise=0.75)
+    decode_save(g, vae, samp, 4, "z-image-tile-upscale")
+    return g
+
+
 def nag_turbo() -> Graph:
     g = Graph("nag_turbo", "Z-Image-Turbo with a negative prompt (NAG)",
               "Turbo at cfg 1 with a working negative prompt: the Z-Image NAG node (Normalized Attention Guidance) "
@@ -677,7 +804,8 @@ negative prompt (here: text and watermarks, blur, oversaturated colours).
 
 
 GRAPHS = (turbo_t2i, base_cfg, prompt_enhancer_turbo, lora_stack, img2img, inpaint, adaln_variety, native_mixed,
-          ksampler_bridge, low_vram_fast, controlnet_canny, nag_turbo)
+          ksampler_bridge, low_vram_fast, controlnet_canny, nag_turbo, controlnet_depth_pose, controlnet_inpaint,
+          controlnet_tile_upscale)
 
 
 # ------------------------------------------------------------------------------------------------ files

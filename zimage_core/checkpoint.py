@@ -184,6 +184,15 @@ def identify(keys: list[str], shape=lambda k: None) -> Identity:
             or any(k.endswith((".diff", ".diff_b", ".set_weight", ".a1.weight")) for k in ks)
             or has(".oft_blocks")):
         return Identity("lora", "a LoRA", "ZImageLoraLoader")
+    # ControlNets of other families (before the DiT checks: some carry DiT-style block names)
+    if has("controlnet_blocks.") and has(".y_rms."):
+        return Identity("other", "a Qwen-Image blockwise ControlNet (DiffSynth model patch)", None)
+    if has("controlnet_blocks.") and (has("img_mod.") or has("txt_mod.")):
+        return Identity("other", "a Qwen-Image ControlNet", None)
+    if has("controlnet_blocks.") or has("controlnet_single_blocks.") or has("controlnet_x_embedder"):
+        return Identity("other", "a Flux ControlNet", None)
+    if has("control_model.") or has("zero_convs.") or has("input_hint_block.") or has("controlnet_cond_embedding."):
+        return Identity("other", "a Stable Diffusion / SDXL ControlNet", None)
     tk = ends("t_embedder.mlp.2.weight")
     if ends("cap_embedder.1.weight") and tk:
         s = shape(tk)

@@ -204,7 +204,8 @@ def _controls(args, image, mask) -> list:
         out.append(ControlImage(
             load_controlnet(model, args.weight_dtype, args.device), _load_image(img, "RGB"),
             nth(args.control_scale, i, 0.75), nth(args.control_start, i, 0.0), nth(args.control_end, i, 1.0),
-            inpaint_image=image if inpaint else None, inpaint_mask=mask if inpaint else None))
+            inpaint_image=image if inpaint else None, inpaint_mask=mask if inpaint else None,
+            tokens=nth(args.control_tokens, i, "unified")))
     return out
 
 
@@ -246,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--control-start", action="append", type=float,
                    help="where the control starts acting, as model time 1 - sigma (0 = first step)")
     g.add_argument("--control-end", action="append", type=float, help="where it stops acting (1 = last step)")
+    g.add_argument("--control-tokens", action="append", choices=["unified", "image"],
+                   help="unified (default): hints on the whole image+caption sequence, as the reference; image: "
+                        "as ComfyUI's ZImageFunControlnet (image tokens only)")
     g.add_argument("--control-inpaint", action="store_true",
                    help="give --image and --mask to the (2.0+) ControlNet's inpaint input instead of latent "
                         "inpainting")

@@ -48,6 +48,15 @@ from .ops import Linear
 from .transformer import DiTConfig, TransformerBlock, ZImageDiT
 
 VARIANTS = ("plain", "layers", "refiner")
+TOKENS = ("unified", "image")
+IMAGE_TOKENS = """ComfyUI's ZImageFunControlnet (comfy_extras/nodes_model_patch.py, ZImageControlPatch), as
+`tokens="image"` runs it: the branch sees the image tokens only (h*w of them, no padding rows, no caption),
+x = the DiT's image tokens; the refiner phase (2.1, lite, tile: control_noise_refiner; 2.0 files, whose refiner
+is all zero: control_layers[0] and then control_layers[1:] in a row) adds its hints to the DiT's OWN
+noise_refiner output (the reference feeds them only to the branch's copy); the main phase continues the same
+branch state over the first unified hidden states' image part, and each hint is added to the image tokens
+only. A 33-channel file without inpaint input gets a zero keep-mask and the latent of a gray picture there (the
+reference: zeros), and control images are resized with 'area' (the reference: bicubic)."""
 _QKV = (".attention.to_q.weight", ".attention.to_k.weight", ".attention.to_v.weight")
 
 
@@ -134,7 +143,9 @@ class Control:
     (H, W) -> such a latent (encoded on first use for the size being generated, then kept);
     scale: conditioning scale; start/end: the part of the denoising where it acts, as model time
     t = 1 - sigma (0 = the first, pure-noise step; the pack's convention, as for cfg_truncation);
-    mask: optional [1 or B, 1, H, W] in 0..1 that scales the hint on image tokens (caption tokens keep it).
+    mask: optional [1 or B, 1, H, W] in 0..1 that scales the hint on image tokens (caption tokens keep it);
+    tokens: "unified" (the reference: the branch runs over [image ‖ caption] and its hints are added to the
+    whole sequence) or "image" (ComfyUI's ZImageFunControlnet: see `IMAGE_TOKENS`).
     """
 
     net: ZImageControlNet
@@ -143,11 +154,14 @@ class Control:
     start: float = 0.0
     end: float = 1.0
     mask: torch.Tensor | None = None
+    tokens: str = "unified"
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         if not 0.0 <= self.start <= self.end <= 1.0:
             raise InputError(f"ControlNet start {self.start} and end {self.end} must satisfy 0 <= start <= end <= 1.")
+        if self.tokens not in TOKENS:
+            raise InputError(f"ControlNet tokens {self.tokens!r}; expected one of {', '.join(TOKENS)}.")
         if torch.is_tensor(self.latent):
             self._check(self.latent)
 
@@ -194,9 +208,25 @@ class ControlStep:
     """What `ZImageDiT.forward` hands to the controls (the `control=` argument) at one step."""
 
     controls: list[Control] = field(default_factory=list)
+    _state: dict = field(default_factory=dict, repr=False, compare=False)  # image-token branches between phases
 
     def __add__(self, other: ControlStep) -> ControlStep:
         return ControlStep(self.controls + other.controls)
+
+    def refiner_hints(self, dit: ZImageDiT, x_pre, x_rot, n_img, sizes, c) -> dict[int, torch.Tensor]:
+        """Hints {noise_refiner layer: [B, Np, D]} for the DiT's own image tokens (only `tokens="image"` controls
+        have them); called before the noise_refiner, with its input x_pre and rotary table x_rot."""
+        self._state.clear()
+        out: dict[int, torch.Tensor] = {}
+        for ctl in self.controls:
+            if ctl.tokens != "image":
+                continue
+            hints, cc = _image_refiner(ctl, dit, x_pre, x_rot, n_img, sizes, c)
+            self._state[id(ctl)] = cc
+            for i, h in hints.items():
+                h = F.pad(h, (0, 0, 0, x_pre.shape[1] - h.shape[1]))
+                out[i] = h if i not in out else out[i] + h
+        return out
 
     def __call__(self, dit: ZImageDiT, x_pre, x_mask, x_rot, x_ref, unified, mask, rot, context, n_img, sizes, c):
         """Hints {DiT layer: [B, S, D]} summed over the controls.
@@ -207,8 +237,14 @@ class ControlStep:
         """
         hints: dict[int, torch.Tensor] = {}
         for ctl in self.controls:
-            for layer, h in _hints(ctl, dit, x_pre, x_mask, x_rot, x_ref, unified, mask, rot, context, n_img,
-                                   sizes, c).items():
+            if ctl.tokens == "image":
+                cc = self._state.pop(id(ctl), None)
+                if cc is None:
+                    cc = _image_refiner(ctl, dit, x_pre, x_rot, n_img, sizes, c)[1]
+                found = _image_hints(ctl, dit, cc, unified, rot, sizes, c)
+            else:
+                found = _hints(ctl, dit, x_pre, x_mask, x_rot, x_ref, unified, mask, rot, context, n_img, sizes, c)
+            for layer, h in found.items():
                 hints[layer] = h if layer not in hints else hints[layer] + h
         return hints
 
@@ -273,6 +309,63 @@ def _hints(ctl: Control, dit: ZImageDiT, x_pre, x_mask, x_rot, x_ref, unified, m
     return out
 
 
+def _image_latents(ctl: Control, dit: ZImageDiT, sizes, B: int, device) -> torch.Tensor:
+    if len(set(sizes)) > 1:
+        raise InputError("a ControlNet with tokens='image' needs latents of one size in a batch.")
+    p = dit.cfg.patch_size
+    h, w = sizes[0]
+    lat = _per_sample(ctl.latent_for(h * p, w * p).to(device), B, "control latents")
+    if tuple(lat[0].shape[-2:]) != (h * p, w * p):
+        raise InputError(f"control latent {tuple(lat[0].shape[-2:])} for a latent of {(h * p, w * p)}; resize the "
+                         "control image to the generated size.")
+    return torch.stack(lat)
+
+
+def _image_refiner(ctl: Control, dit: ZImageDiT, x_pre, x_rot, n_img, sizes, c):
+    """`IMAGE_TOKENS`, refiner phase: ({refiner layer: scaled hint [B, hw, D]}, branch state [B, hw, D])."""
+    net, dtype = ctl.net, dit.compute_dtype
+    hw = sizes[0][0] * sizes[0][1]
+    lat = _image_latents(ctl, dit, sizes, len(n_img), x_pre.device)
+    cc = torch.stack([net.embed(lt, dtype, dit.x_pad_token.to(dtype))[:hw] for lt in lat])
+    x, rot = x_pre[:, :hw], x_rot[:, :hw]
+    hints = {}
+    if net.cfg.variant == "plain":
+        for blk in net.control_noise_refiner:
+            cc = blk(cc, None, rot, c)
+    elif net.cfg.variant == "refiner":
+        for i, blk in enumerate(net.control_noise_refiner):
+            hint, cc = blk.control(cc, x, None, rot, c)
+            hints[i] = hint * ctl.scale
+    else:  # 2.0: control_layers[0], then control_layers[1:] in a row giving the first one's hint
+        hint, cc = net.control_layers[0].control(cc, x, None, rot, c)
+        hints[0] = hint * ctl.scale
+        rest = []
+        for blk in net.control_layers[1:]:
+            h, cc = blk.control(cc, x, None, rot, c)
+            rest.append(h)
+        if rest and dit.cfg.n_refiner_layers > 1:
+            hints[1] = rest[0] * ctl.scale
+    return hints, cc
+
+
+def _image_hints(ctl: Control, dit: ZImageDiT, cc, unified, rot, sizes, c) -> dict[int, torch.Tensor]:
+    """`IMAGE_TOKENS`, main phase: hints [B, S, D], zero outside the image tokens."""
+    hw = sizes[0][0] * sizes[0][1]
+    B, S = unified.shape[:2]
+    x, xrot = unified[:, :hw], rot[:, :hw]
+    image_scale = None
+    if ctl.mask is not None:
+        image_scale = _mask_tokens(ctl.mask.to(unified.device), B, sizes, hw, unified.dtype)
+    out = {}
+    for layer, blk in zip(ctl.net.cfg.places(dit.cfg.n_layers), ctl.net.control_layers):
+        hint, cc = blk.control(cc, x, None, xrot, c)
+        hint = hint * ctl.scale
+        if image_scale is not None:
+            hint = hint * image_scale
+        out[layer] = F.pad(hint, (0, 0, 0, S - hw))
+    return out
+
+
 def _mask_tokens(mask: torch.Tensor, B: int, sizes, S: int, dtype) -> torch.Tensor:
     """[B, S, 1] weights: the mask averaged over each 2x2 patch on image tokens, 1 elsewhere (the padding rows
     of the image run and the caption tokens), so an all-ones mask is the same as none."""
@@ -308,6 +401,7 @@ class ControlImage:
     mask: torch.Tensor | None = None
     inpaint_image: torch.Tensor | None = None
     inpaint_mask: torch.Tensor | None = None
+    tokens: str = "unified"
 
     def __post_init__(self):
         extra = self.net.cfg.control_in_dim - 16
@@ -323,16 +417,20 @@ class ControlImage:
             return control_latent(vae, self, h * 8, w * 8)
 
         mask = None if self.mask is None else self.mask.float().reshape(-1, 1, *self.mask.shape[-2:])
-        return Control(self.net, latent, self.scale, self.start, self.end, mask)
+        return Control(self.net, latent, self.scale, self.start, self.end, mask, self.tokens)
 
 
-def _resized_pixels(image: torch.Tensor, height: int, width: int, what: str) -> torch.Tensor:
-    """IMAGE [B, H, W, C>=3] 0..1 -> [B, 3, height, width] in -1..1."""
+def _resized_pixels(image: torch.Tensor, height: int, width: int, what: str, native: bool = False) -> torch.Tensor:
+    """IMAGE [B, H, W, C>=3] 0..1 -> [B, 3, height, width] in -1..1 (bicubic; 'area' as ComfyUI's patch when
+    native)."""
     if image.ndim != 4 or image.shape[-1] < 3:
         raise InputError(f"{what} of shape {tuple(image.shape)}; expected an IMAGE [B, H, W, 3] in 0..1.")
     pixels = image[..., :3].permute(0, 3, 1, 2).float() * 2 - 1
     if pixels.shape[-2:] != (height, width):
-        pixels = F.interpolate(pixels, size=(height, width), mode="bicubic", antialias=True).clamp(-1, 1)
+        if native:
+            pixels = F.interpolate(pixels, size=(height, width), mode="area")
+        else:
+            pixels = F.interpolate(pixels, size=(height, width), mode="bicubic", antialias=True).clamp(-1, 1)
     return pixels
 
 
@@ -342,15 +440,20 @@ def control_latent(vae, ctl: ControlImage, height: int, width: int) -> torch.Ten
     def encode(pixels):  # the mean of the latent distribution (diffusers' sample_mode="argmax")
         return to_model_space(vae.encode(pixels)).float().cpu()
 
-    latent = encode(_resized_pixels(ctl.image, height, width, "control image"))
+    native = ctl.tokens == "image"
+    latent = encode(_resized_pixels(ctl.image, height, width, "control image", native))
     extra = ctl.net.cfg.control_in_dim - latent.shape[1]
     if extra <= 0:
         return latent
     if ctl.inpaint_image is None:
+        if native:  # ComfyUI's patch: no keep-mask (zeros) and the latent of a gray picture (0 in -1..1)
+            gray = encode(torch.zeros(1, 3, height, width))
+            return torch.cat([latent, latent.new_zeros(latent.shape[0], 1, *latent.shape[2:]),
+                              gray.expand(latent.shape[0], -1, -1, -1)], dim=1)
         return torch.cat([latent, latent.new_zeros(latent.shape[0], extra, *latent.shape[2:])], dim=1)
     m = ctl.inpaint_mask.float().reshape(-1, 1, *ctl.inpaint_mask.shape[-2:])
     m = (F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False) >= 0.5).float()  # binarised
-    init = encode(_resized_pixels(ctl.inpaint_image, height, width, "inpaint image") * (m < 0.5))
+    init = encode(_resized_pixels(ctl.inpaint_image, height, width, "inpaint image", native) * (m < 0.5))
     keep = F.interpolate(1 - m, size=latent.shape[-2:], mode="nearest")
     n = max(len(latent), len(init), len(keep))
     rep = [t.repeat(n // len(t), 1, 1, 1) if len(t) < n else t for t in (latent, keep, init)]

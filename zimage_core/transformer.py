@@ -287,7 +287,8 @@ class ZImageDiT(nn.Module):
         adaln_t: a different time for the adaLN conditioning only (adaLN controls); default t.
         control: a ControlNet step (`controlnet.ControlStep`): given the image tokens before and after the
         noise_refiner and the first unified hidden states, it returns hints {layer: [B, S, dim]} that are added
-        to the output of those layers.
+        to the output of those layers; its optional `refiner_hints(...)` gives hints {i: [B, Np, dim]} added to
+        the output of noise_refiner block i (ComfyUI-style image-token controls).
         nag: a `nag.NAGGuidance` (normalized attention guidance with a negative caption in the main layers).
         block_hook: see `BlockHook` (the image runs of all samples must then have one length).
         Returns float32 in the layout of x.
@@ -326,8 +327,12 @@ class ZImageDiT(nn.Module):
         x_pre, x_mask, x_rot = u, mask, rot
         if block_hook is not None and len({len(r) for r in img}) > 1:
             raise InputError("block patches need latents of one size in a batch.")
+        ref_hints = {} if control is None or not hasattr(control, "refiner_hints") else control.refiner_hints(
+            self, x_pre, x_rot, [len(r) for r in img], sizes, c)
         for i, blk in enumerate(self.noise_refiner):
             u = blk(u, mask, rot, c, mod_hook and (lambda m, i=i: mod_hook("noise_refiner", i, m)))
+            if i in ref_hints:
+                u = u + ref_hints[i]
             if block_hook is not None:
                 u = block_hook("noise_refiner", i, u, x_input=x_pre, n_img=u.shape[1], vec=c, rot=rot)
 

@@ -7,7 +7,7 @@
     out/vae/ae_tiny.safetensors                       BFL Flux VAE
     out/tokenizer/                                    Qwen-style tokenizer for the single-file encoder
     out/Z-Image-Tiny/                                 diffusers layout: transformer/ text_encoder/ tokenizer/ vae/ scheduler/
-    out/model_patches/controlnet_tiny_<v>.safetensors ControlNet Union files, v = 1.0, 2.0, 2.1, lite (VideoX-Fun
+    out/model_patches/controlnet_tiny_<v>.safetensors ControlNet Union files, v = 1.0, 2.0, 2.1, lite, tile, inpaint (VideoX-Fun
                                                       layout), and controlnet_tiny_<v>/ (diffusers folders)
     out/loras/z_image_tiny_<kind>.safetensors         one adapter file per kind: lora, dora, loha, lokr, glora,
                                                       oft, boft, diff (trainers' key styles; see tiny/adapters.py)

@@ -16,12 +16,17 @@ from ..controlnet import ControlNetConfig, ZImageControlNet
 from ..transformer import DiTConfig
 from .dit import TINY_DIT
 
-# name -> (our variant, control_in_dim, control layers); the released files have 6 / 15 / 15 / 3 layers over 30
+# name -> (our variant, control_in_dim, control layers); the released files have 6 / 15 / 15 / 3 layers over 30.
+# "tile" is the 2.1 layout trained on blurred/low-resolution control images (VideoX-Fun runs it with its 2.1
+# config); "inpaint" is a 2.1-layout file meant to be used with its inpaint input (the 33-channel files' extra
+# 17 channels: keep mask and masked-image latent). Both differ from 2.1 only in their weights.
 TINY_VARIANTS = {
     "1.0": ("plain", 16, 2),
     "2.0": ("layers", 33, 2),
     "2.1": ("refiner", 33, 2),
     "lite": ("refiner", 33, 1),
+    "tile": ("refiner", 33, 2),
+    "inpaint": ("refiner", 33, 2),
 }
 DIFFUSERS_MODE = {"plain": None, "layers": "control_layers", "refiner": "control_noise_refiner"}
 
@@ -32,9 +37,11 @@ def controlnet_config(variant: str, dit: DiTConfig = TINY_DIT) -> ControlNetConf
                             n_control_layers=n, variant=kind, n_refiner_layers=dit.n_refiner_layers)
 
 
-def random_controlnet_state(cfg: ControlNetConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_controlnet_state(cfg: ControlNetConfig, seed: int = 0,
+                            dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Random weights in diffusers/VideoX-Fun names (q/k/v split), norms near 1, fan-in scaled matrices
-    (the released projections are trained, not zero, so the hints are not zero either)."""
+    (the released projections are trained, not zero, so the hints are not zero either); stored as `dtype`
+    tensor by tensor (a 3840-wide file in bf16 never holds an fp32 copy)."""
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in ZImageControlNet(cfg).state_dict().items()}
     g = torch.Generator().manual_seed(seed)
@@ -44,6 +51,7 @@ def random_controlnet_state(cfg: ControlNetConfig, seed: int = 0) -> dict[str, t
             t = 1 + 0.1 * torch.randn(shape, generator=g)
         else:
             t = torch.randn(shape, generator=g) * (0.5 / shape[-1] ** 0.5)
+        t = t.to(dtype)
         if name.endswith(".attention.qkv.weight"):
             base = name[: -len(".attention.qkv.weight")]
             for part, w in zip(("to_q", "to_k", "to_v"), t.chunk(3)):
@@ -55,7 +63,7 @@ def random_controlnet_state(cfg: ControlNetConfig, seed: int = 0) -> dict[str, t
         out[name] = t.contiguous()
     if cfg.variant == "layers":  # 2.0 files ship an untrained, all-zero control_noise_refiner
         ref = random_controlnet_state(
-            ControlNetConfig(**{**cfg.__dict__, "variant": "refiner"}), seed)
+            ControlNetConfig(**{**cfg.__dict__, "variant": "refiner"}), seed, dtype)
         out.update({k: torch.zeros_like(v) for k, v in ref.items() if k.startswith("control_noise_refiner.")})
     return out
 
