@@ -52,9 +52,11 @@ class Linear(nn.Linear):
     def _chunk_rows(self, x: torch.Tensor) -> int:
         """Rows per chunk for the CPU path, 0 when the whole weight is used at once: on another device, when
         the weight is small or already in the compute dtype, for formats dequantized as a whole (nvfp4,
-        mxfp8), and under autograd."""
+        mxfp8), under autograd, and inside torch.compile (the compiled graph gets the plain F.linear)."""
         w = self.weight
         if x.device.type != "cpu" or torch.is_grad_enabled() or self.out_features * self.in_features <= CPU_CHUNK_ELEMENTS:
+            return 0
+        if torch.compiler.is_compiling():
             return 0
         if self.quant is None and w.dtype == x.dtype and self.scale_weight is None:
             return 0
