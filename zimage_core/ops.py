@@ -27,6 +27,7 @@ class Linear(nn.Linear):
     (a LoRA adds `scale * B(A(x))` to the rows it targets). `scale_weight`, when set, is the per-tensor
     dequantisation factor of an fp8 weight. `quant`, when set, says how the packed `weight` parameter
     (quantized bytes, moved and streamed as they are) is dequantized (`quant.dequantize(weight, dtype)`).
+    On the CPU, big weights in another form than the compute dtype are expanded CPU_CHUNK_ELEMENTS at a time.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
