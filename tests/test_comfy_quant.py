@@ -137,3 +137,17 @@ def test_an_unknown_format_is_named(tmp_path):
     save_file(sd, str(tmp_path / "int4.safetensors"))
     with pytest.raises(CheckpointError, match=r"int4\.safetensors: layer 'layers\.0\.attention\.out' has comfy_quant format 'int4_awq'"):
         load_dit(tmp_path / "int4.safetensors")
+
+
+@torch.no_grad()
+def test_a_missing_fp8_weight_scale_is_named_and_a_model_loaded_before_stays_usable(tmp_path):
+    write_comfy_quant(tmp_path / "good.safetensors", lambda layer: "float8_e4m3fn")
+    good = load_dit(tmp_path / "good.safetensors")
+    x, caps, t = inputs()
+    before = good(x, t, caps)[0]
+    write_comfy_quant(tmp_path / "nofp8scale.safetensors", lambda layer: "float8_e4m3fn",
+                      drop="layers.0.attention.qkv.weight_scale")
+    with pytest.raises(CheckpointError, match=r"nofp8scale\.safetensors: comfy_quant layer 'layers\.0\.attention\.qkv' "
+                                              r"\(float8_e4m3fn\) needs layers\.0\.attention\.qkv\.weight_scale"):
+        load_dit(tmp_path / "nofp8scale.safetensors")
+    assert torch.equal(good(x, t, caps)[0], before)

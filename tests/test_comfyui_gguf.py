@@ -1,6 +1,7 @@
 """Quantized DiTs in a real ComfyUI with ComfyUI-GGUF installed: our loader lists the .gguf files and its
 image equals ComfyUI-GGUF's UnetLoaderGGUF + native KSampler on the same file (<= 1/255); a comfy_quant fp8
-file through ComfyUI's own UNETLoader + KSampler equals ours the same way.
+file through ComfyUI's own UNETLoader + KSampler equals ours the same way, and so does one with nvfp4 and mxfp8
+layers.
 
 ComfyUI detects Z-Image only at dim 3840 (and builds 2 + 2 refiner blocks), so the file is a full-width
 random DiT with one main layer, its big matrices random Q8_0 blocks (~1 GB). Both graphs share our text
@@ -25,20 +26,29 @@ def server(comfyui_host, tiny, tmp_path_factory):
     d = tmp_path_factory.mktemp("gguf_host")
     cfg = DiTConfig(dim=3840, n_layers=1, n_refiner_layers=2, n_heads=30, ffn_dim=10240, cap_feat_dim=64)
     dit = write_random_gguf_dit(d / "z_image_wide-Q8_0.gguf", cfg, "Q8_0", seed=1)
-    cq = _write_comfy_quant_fp8(d / "z_image_wide_fp8_comfy_quant.safetensors", cfg)
+    cq = _write_comfy_quant(d / "z_image_wide_fp8_comfy_quant.safetensors", cfg, lambda layer: "float8_e4m3fn")
+    # the main layer's feed-forward matrices nvfp4, its attention matrices mxfp8, the refiners bf16: both packed
+    # formats and plain layers in one file (mixed precision; fewer quantized layers keep the file quick to write)
+    fp4 = _write_comfy_quant(d / "z_image_wide_nvfp4_mxfp8.safetensors", cfg, lambda layer: None if not layer.startswith(
+        "layers.") else "nvfp4" if ".feed_forward." in layer else "mxfp8")
     host.put_model("diffusion_models", "z_image_wide-Q8_0.gguf", dit)
     host.put_model("diffusion_models", "z_image_wide_fp8_comfy_quant.safetensors", cq)
+    host.put_model("diffusion_models", "z_image_wide_nvfp4_mxfp8.safetensors", fp4)
     host.put_model("text_encoders", "qwen_3_4b_tiny.safetensors", tiny["text_encoder"])
     host.put_model("text_encoders", "tokenizer", tiny["tokenizer"])
     host.put_model("vae", "ae_tiny.safetensors", tiny["vae"])
     yield host
-    for name in ("z_image_wide-Q8_0.gguf", "z_image_wide_fp8_comfy_quant.safetensors"):
+    for name in ("z_image_wide-Q8_0.gguf", "z_image_wide_fp8_comfy_quant.safetensors",
+                 "z_image_wide_nvfp4_mxfp8.safetensors"):
         host.remove_model("diffusion_models", name)
     host.free()  # the ~1 GB wide models leave the shared server's memory
 
 
-def _write_comfy_quant_fp8(path, cfg):
-    """A random DiT whose block matrices are comfy_quant float8_e4m3fn layers (weight + weight_scale)."""
+def _write_comfy_quant(path, cfg, fmt_of):
+    """A random DiT whose block matrices are comfy_quant layers of format `fmt_of(layer)` (None: bf16), stored as ComfyUI
+    stores them: float8 (weight + per-tensor weight_scale), nvfp4 (packed E2M1 weight, fp8 block weight_scale
+    in the tiled layout, per-tensor weight_scale_2; quantized by comfy-kitchen) or mxfp8 (fp8 weight, E8M0
+    block weight_scale as uint8)."""
     import json
 
     import torch
@@ -54,15 +64,28 @@ def _write_comfy_quant_fp8(path, cfg):
         t = (1 + 0.1 * torch.randn(shape, generator=g)) if "norm" in name else (
             torch.randn(shape, generator=g) * (0.5 / shape[-1] ** 0.5))
         layer = name[: -len(".weight")]
-        if name.endswith(".weight") and len(shape) == 2 and layer.startswith(("layers.", "noise_refiner.", "context_refiner.")):
-            scale = (t.abs().amax() / 448).float()
-            sd[name] = (t / scale).to(torch.float8_e4m3fn)
-            sd[layer + ".weight_scale"] = scale
-            sd[layer + ".comfy_quant"] = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()),
-                                                      dtype=torch.uint8)
+        fmt = fmt_of(layer) if name.endswith(".weight") and len(shape) == 2 and layer.startswith(
+            ("layers.", "noise_refiner.", "context_refiner.")) else None
+        if fmt is not None:
+            if fmt == "nvfp4":
+                import comfy_kitchen as ck
+
+                scale = (t.abs().amax() / (448 * 6)).float()
+                sd[name], sd[layer + ".weight_scale"] = ck.quantize_nvfp4(t, scale, pad_16x=False)
+                sd[layer + ".weight_scale_2"] = scale
+            elif fmt == "mxfp8":
+                import comfy_kitchen as ck
+
+                sd[name], block_scale = ck.quantize_mxfp8(t, pad_32x=False)
+                sd[layer + ".weight_scale"] = block_scale.view(torch.uint8)
+            else:
+                scale = (t.abs().amax() / 448).float()
+                sd[name] = (t / scale).to(torch.float8_e4m3fn)
+                sd[layer + ".weight_scale"] = scale
+            sd[layer + ".comfy_quant"] = torch.tensor(list(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
         else:
             sd[name] = t.to(torch.bfloat16)
-    save_file(sd, str(path))
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     return path
 
 
@@ -115,5 +138,16 @@ def test_comfy_quant_fp8_file_native_unet_loader_equals_ours(server):
     name = "z_image_wide_fp8_comfy_quant.safetensors"
     ours, native = _ours_vs_native(
         server, name, {"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": "default"}}, 9)
+    assert native.std() > 5
+    assert np.abs(ours - native).max() <= 1
+
+
+def test_nvfp4_and_mxfp8_comfy_quant_file_native_unet_loader_equals_ours(server):
+    """On the CPU ComfyUI's mixed-precision ops cannot compute in nvfp4/mxfp8 (supports_nvfp4_compute and
+    supports_mxfp8_compute need an NVIDIA GPU of compute capability 10+), so they dequantize those layers with
+    comfy-kitchen and multiply in full precision: the same arithmetic ours does."""
+    name = "z_image_wide_nvfp4_mxfp8.safetensors"
+    ours, native = _ours_vs_native(
+        server, name, {"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": "default"}}, 11)
     assert native.std() > 5
     assert np.abs(ours - native).max() <= 1

@@ -161,6 +161,29 @@ def test_lora_runtime_patch_and_block_streaming_work_on_the_packed_weights(files
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("stored", ["Q4_K", "Q8_0", "BF16"])
+def test_cpu_row_chunked_layers_give_the_whole_weight_output_with_a_lora_on_top(files, tmp_path, monkeypatch,
+                                                                               stored):
+    """On the CPU big stored-form weights are expanded a few rows at a time (ops.CPU_CHUNK_ELEMENTS); with the
+    threshold lowered so the tiny model's Linears are split into several chunks, the outputs (a LoRA patch
+    included) equal the whole-weight computation."""
+    from zimage_core import ops
+
+    _, _, ggufs = files
+    model = load_dit(ggufs[stored])
+    lora = load_lora(lora_file(model, tmp_path / "l.safetensors"), model)
+    xs, caps, t = inputs(3)
+    with PatchedDiT(model, (lora,)).applied() as m:
+        whole = m(xs, t, caps)
+        monkeypatch.setattr(ops, "CPU_CHUNK_ELEMENTS", 100_000)  # 768 x 2048 -> 16 chunks of 130 rows
+        w1 = m.layers[0].feed_forward.w1
+        assert w1._chunk_rows(xs[0].float()) == 100_000 // w1.in_features
+        chunked = m(xs, t, caps)
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
 def test_compiled_blocks_on_packed_weights_give_the_eager_output(files):
     from zimage_core.compile import TorchCompile
 

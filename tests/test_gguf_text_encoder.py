@@ -108,3 +108,28 @@ def test_dit_and_text_encoder_ggufs_given_to_the_wrong_loader_say_which_loader(f
         load_text_encoder(dit, tokenizer_path=tiny["tokenizer"])
     assert torch.equal(te.encode("tea")[0], before)
     assert np.isfinite(before.numpy()).all()
+
+
+@pytest.mark.parametrize("arch, says", [("flux", "a Flux DiT"), ("wan", "a Wan video DiT"),
+                                        ("llama", "a Llama language model")])
+def test_a_gguf_of_another_architecture_given_to_the_text_encoder_loader_is_named(files, tmp_path, arch, says):
+    _, tiny, te_files = files
+    w = gguf.GGUFWriter(str(tmp_path / f"{arch}.gguf"), arch)
+    w.add_tensor("blk.0.attn_q.weight", np.zeros((64, 64), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    te = load_text_encoder(te_files["Q8_0"], tokenizer_path=tiny["tokenizer"])
+    before = te.encode("tea")[0]
+    with pytest.raises(CheckpointError, match=rf"{arch}\.gguf: expected a Qwen3 text encoder.*{says}"):
+        load_text_encoder(tmp_path / f"{arch}.gguf", tokenizer_path=tiny["tokenizer"])
+    assert torch.equal(te.encode("tea")[0], before)  # the encoder loaded before is untouched
+
+
+def test_a_truncated_text_encoder_gguf_names_the_file(files, tmp_path):
+    _, tiny, te_files = files
+    data = te_files["Q8_0"].read_bytes()
+    (tmp_path / "cut_te.gguf").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(CheckpointError, match=r"cut_te\.gguf.*(truncated|corrupt)"):
+        load_text_encoder(tmp_path / "cut_te.gguf", tokenizer_path=tiny["tokenizer"])

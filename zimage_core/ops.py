@@ -12,6 +12,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# On the CPU a weight stored in another form than the compute dtype (bf16/fp8 cast, GGUF blocks) is expanded
+# this many elements at a time (16 MiB in fp32): rows of the weight go through dequantization and the matmul
+# into their columns of the output, so no whole-matrix fp32 copy (157 MiB for a 10240 x 3840 matrix) and none
+# of the dequantizers' whole-matrix temporaries exist at once, and chunks below glibc's mmap threshold are
+# reused from the heap rather than faulted in afresh for every layer.
+CPU_CHUNK_ELEMENTS = 1 << 22
+
 
 class Linear(nn.Linear):
     """`nn.Linear` that computes in the input's dtype and carries runtime output patches.
@@ -20,6 +27,7 @@ class Linear(nn.Linear):
     (a LoRA adds `scale * B(A(x))` to the rows it targets). `scale_weight`, when set, is the per-tensor
     dequantisation factor of an fp8 weight. `quant`, when set, says how the packed `weight` parameter
     (quantized bytes, moved and streamed as they are) is dequantized (`quant.dequantize(weight, dtype)`).
+    On the CPU, big weights in another form than the compute dtype are expanded CPU_CHUNK_ELEMENTS at a time.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
@@ -31,14 +39,47 @@ class Linear(nn.Linear):
     def compute_weight(self, dtype: torch.dtype) -> torch.Tensor:
         if self.quant is not None:
             return self.quant.dequantize(self.weight, dtype, self)
-        w = self.weight.to(dtype)
+        return self._rows(0, self.out_features, dtype)
+
+    def _rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        """Rows start:stop of the weight in `dtype` (row-wise formats: plain, scaled fp8, GGUF blocks)."""
+        if self.quant is not None:
+            return self.quant.dequantize_rows(self.weight[start:stop], dtype)
+        w = self.weight[start:stop].to(dtype)
         if self.scale_weight is not None:
             w = w * self.scale_weight.to(device=w.device, dtype=dtype)
         return w
 
+    def _chunk_rows(self, x: torch.Tensor) -> int:
+        """Rows per chunk for the CPU path, 0 when the whole weight is used at once: on another device, when
+        the weight is small or already in the compute dtype, for formats dequantized as a whole (nvfp4,
+        mxfp8), under autograd, and inside torch.compile (the compiled graph gets the plain F.linear)."""
+        w = self.weight
+        if x.device.type != "cpu" or torch.is_grad_enabled() or self.out_features * self.in_features <= CPU_CHUNK_ELEMENTS:
+            return 0
+        if torch.compiler.is_compiling():
+            return 0
+        if self.quant is None and w.dtype == x.dtype and self.scale_weight is None:
+            return 0
+        if self.quant is not None and not hasattr(self.quant, "dequantize_rows"):
+            return 0
+        return max(1, CPU_CHUNK_ELEMENTS // self.in_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        y = F.linear(x, self.compute_weight(x.dtype), bias)
+        rows = self._chunk_rows(x)
+        if rows:
+            x2 = x.reshape(-1, self.in_features)
+            y = torch.empty(*x.shape[:-1], self.out_features, dtype=x.dtype, device=x.device)
+            y2 = y.view(-1, self.out_features)
+            for r in range(0, self.out_features, rows):
+                w = self._rows(r, min(r + rows, self.out_features), x.dtype)
+                if bias is None:
+                    torch.mm(x2, w.t(), out=y2[:, r:r + w.shape[0]])
+                else:
+                    torch.addmm(bias[r:r + w.shape[0]], x2, w.t(), out=y2[:, r:r + w.shape[0]])
+        else:
+            y = F.linear(x, self.compute_weight(x.dtype), bias)
         for patch in self.patches:
             y = patch(x, y)
         return y

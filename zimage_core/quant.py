@@ -82,7 +82,7 @@ def _q5_1(b):
 
 
 def _q8_0(b):
-    return b[:, 2:].view(torch.int8).float() * _f16(b[:, :2])
+    return b[:, 2:].view(torch.int8) * _f16(b[:, :2])  # int8 * fp32 promotes per element: one fp32 result
 
 
 def _q2_k(b):
