@@ -28,6 +28,7 @@ import comfy.supported_models  # type: ignore
 import weakref
 
 from ..zimage_core.errors import InputError
+from ..zimage_core.ops import cast_workspace
 from ..zimage_core.patching import PatchedDiT
 
 # Lumina2 block patch points our DiT honours (comfy/ldm/lumina/model.py calls them after each block).
@@ -78,7 +79,7 @@ class NextDiTAdapter(nn.Module):
         step, sigma, n_steps = _step_of(transformer_options)
         # native: t = 1 - timesteps (timesteps = sigma for Z-Image's CONST sampling), output -(x0 - noise)
         t = 1.0 - timesteps.float()
-        with patched.applied():
+        with patched.applied(), cast_workspace():  # one cast buffer for the context and the DiT call
             controls = patched.step_controls(step, sigma if sigma is not None else float(timesteps[0]), n_steps)
             ctx = dit.encode_context(list(context.unbind(0)))  # NextDiT uses every row of the context
             transform = controls.pop("context", None)
