@@ -198,3 +198,78 @@ def test_the_converter_refuses_what_is_not_a_zimage_dit(pack, bridge):
     errors = bridge["mod"]("zimage_core.errors")
     with pytest.raises(errors.InputError, match="ZIMAGE_DIT"):
         node.convert(native_model(bridge))
+
+
+# ------------------------------------------------------------------------------------ NAG on the MODEL path
+
+def nag_model(bridge, model, negative, scale=5.0, **kw):
+    (out,) = bridge["mod"]("nodes.nag").ZImageNAGModel().apply(model, negative, scale, 2.5, 0.25, **kw)
+    return out
+
+
+def test_nag_model_at_scale_zero_or_with_the_positive_as_negative_gives_exactly_the_plain_image(bridge):
+    latent = torch.zeros(1, 16, 6, 8)
+    plain = ksample(our_model(bridge), cond(1), latent)
+    off = nag_model(bridge, our_model(bridge), cond(2), scale=0.0)
+    same = nag_model(bridge, our_model(bridge), cond(1))
+    assert torch.equal(ksample(off, cond(1), latent), plain)
+    assert torch.equal(ksample(same, cond(1), latent), plain)
+    assert not torch.equal(ksample(nag_model(bridge, our_model(bridge), cond(2)), cond(1), latent), plain)
+
+
+def test_nag_model_under_ksampler_equals_our_sampler_with_zimage_nag_with_lora_and_adaln(bridge, tmp_path):
+    f = tmp_path / "lora.safetensors"
+    save_file(style_file(random_lora(bridge["state"], seed=10), "peft"), str(f))
+    (dit,) = bridge["mod"]("nodes.lora").ZImageLoraLoader().apply(bridge["patched"], str(f), 0.8)
+    (dit,) = bridge["mod"]("nodes.adaln").ZImageAdaLNScale().apply(dit, 1.3, 0.5, 0, -1, True)
+    (with_nag,) = bridge["mod"]("nodes.nag").ZImageNAG().apply(dit, cond(2, n=5), 5.0, 2.5, 0.25)
+    latent = torch.zeros(1, 16, 6, 8)
+    ref = our_sampler(bridge, with_nag, cond(1), latent)
+    # NAG attached after the conversion, and after one of ComfyUI's own clones of the MODEL
+    model = comfy.model_patcher.ModelPatcher.clone(our_model(bridge, dit))
+    got = ksample(nag_model(bridge, model, cond(2, n=5)), cond(1), latent)
+    assert (got - ksample(our_model(bridge, dit), cond(1), latent)).abs().max() > 1e-2  # NAG matters
+    assert (got - ref).abs().max() <= 1e-3 * ref.abs().max()
+
+
+def test_nag_model_with_cfg_guides_the_positive_rows_of_ksamplers_batch_only(bridge):
+    latent = torch.zeros(2, 16, 6, 8)
+    model = nag_model(bridge, our_model(bridge), cond(2, n=5))
+    seen = []
+
+    def record(apply, a):
+        seen.append(a["cond_or_uncond"])
+        return apply(a["input"], a["timestep"], **a["c"])
+
+    batched = model.clone()
+    batched.set_model_unet_function_wrapper(record)
+    got = ksample(batched, cond(1), latent, negative=cond(9), cfg=3.0)
+    assert sorted(seen[0]) == [0, 1]  # one call of our DiT with positive and negative rows
+    # reference: the positive prediction from the MODEL with NAG, the negative one from the plain MODEL, in
+    # separate calls (ComfyUI batches both into one call of our DiT, [positive rows, negative rows])
+    key = bridge["hm"].PATCHED_KEY
+
+    def separately(a):
+        opts = a["model_options"]
+        plain = {**opts, "transformer_options": {**opts["transformer_options"], key: bridge["patched"]}}
+        return [comfy.samplers.calc_cond_batch(a["model"], [a["conds"][0]], a["input"], a["sigma"], opts)[0],
+                comfy.samplers.calc_cond_batch(a["model"], [None, a["conds"][1]], a["input"], a["sigma"], plain)[1]]
+
+    split = model.clone()
+    split.model_options["sampler_calc_cond_batch_function"] = separately
+    want = ksample(split, cond(1), latent, negative=cond(9), cfg=3.0)
+    plain = ksample(our_model(bridge), cond(1), latent, negative=cond(9), cfg=3.0)
+    assert (got - plain).abs().max() > 1e-2
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_nag_model_refuses_a_model_of_another_family_and_a_wrong_negative(bridge):
+    errors = bridge["mod"]("zimage_core.errors")
+    with pytest.raises(errors.InputError, match="ZImageNAGModel 'model'.*native Lumina2.*ZImageDiTToModel"):
+        nag_model(bridge, native_model(bridge), cond(2))
+    other = comfy.model_patcher.ModelPatcher(torch.nn.Linear(2, 2), CPU, CPU)
+    with pytest.raises(errors.InputError, match="ZImageNAGModel 'model'.*Z-Image DiT"):
+        nag_model(bridge, other, cond(2))
+    wrong = [[torch.randn(1, 5, 32), {}]]
+    with pytest.raises(errors.InputError, match="hidden size 32"):
+        nag_model(bridge, our_model(bridge), wrong)
