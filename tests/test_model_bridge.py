@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -273,3 +274,44 @@ def test_nag_model_refuses_a_model_of_another_family_and_a_wrong_negative(bridge
     wrong = [[torch.randn(1, 5, 32), {}]]
     with pytest.raises(errors.InputError, match="hidden size 32"):
         nag_model(bridge, our_model(bridge), wrong)
+
+
+# --------------------------------------------------------------- native conditioning and previews on our MODEL
+
+def test_lumina2_clip_style_conditioning_gives_the_same_latents_on_our_model_as_on_nextdit(bridge):
+    """CLIPTextEncode on a lumina2 CLIP gives [B, L, hidden] with an `attention_mask` (zeros where a batch of
+    prompts was padded); ComfyUI's Lumina2 turns it into num_tokens / attention_mask conds. (ComfyUI builds
+    that CLIP only at Qwen3-4B size, so a tiny text encoder cannot be loaded as one: the conditioning's
+    layout is reproduced here.)"""
+    pos = cond(1, n=9, batch=2)
+    mask = torch.ones(2, 9)
+    mask[1, 6:] = 0  # the second prompt is 3 tokens shorter
+    positive = [[pos[0][0], {"attention_mask": mask, "pooled_output": None}]]
+    latent = torch.zeros(2, 16, 6, 8)
+    ours = ksample(our_model(bridge), positive, latent)
+    native = ksample(native_model(bridge), positive, latent)
+    assert (ours - native).abs().max() <= 1e-3 * native.abs().max()
+
+
+def test_sampling_previews_of_our_model_equal_those_of_native_nextdit(bridge, monkeypatch):
+    """KSampler's preview path (latent_preview.prepare_callback with latent2rgb) reads the MODEL's latent format:
+    the Z-Image (Flux) factors, so our MODEL previews as the native one does."""
+    import comfy.cli_args
+    import latent_preview
+
+    monkeypatch.setattr(comfy.cli_args.args, "preview_method", comfy.cli_args.LatentPreviewMethod.Latent2RGB)
+    previews = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
+                        previews.append(preview))
+    latent = torch.zeros(1, 16, 6, 8)
+    runs = []
+    for model in (our_model(bridge), native_model(bridge)):
+        previews.clear()
+        assert type(model.get_model_object("latent_format")).__name__ == "Flux"
+        noise = comfy.sample.prepare_noise(latent, SEED)
+        comfy.sample.sample(model, noise, STEPS, 1.0, "euler", "simple", cond(1), [[torch.zeros(1, 7, 64), {}]],
+                            latent, seed=SEED, disable_pbar=True,
+                            callback=latent_preview.prepare_callback(model, STEPS))
+        runs.append([np.asarray(p[1], dtype=np.int16) for p in previews])
+    assert len(runs[0]) == STEPS and runs[0][0].shape == (6, 8, 3)
+    assert all(np.abs(a - b).max() <= 1 for a, b in zip(*runs))
