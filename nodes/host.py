@@ -390,3 +390,20 @@ def as_comfy_model(patched):
 
     load, offload = devices("dit")
     return host_model.as_model(patched, load, offload)
+
+
+def zimage_model_dit(model, what: str):
+    """The PatchedDiT behind a MODEL made by ZImageDiTToModel (possibly cloned by other nodes since); any other
+    MODEL gets a clear error naming `what` (the node and input) and the MODEL's family."""
+    host_model = sys.modules.get(f"{__package__}.host_model")  # imported once a MODEL of ours was made
+    patched = host_model.patched_of(model) if host_model is not None else None
+    if patched is None:
+        kind = host_model.describe(model) if host_model is not None else (
+            f"a {type(getattr(model, 'model', model)).__name__} MODEL, not a Z-Image DiT")
+        raise InputError(f"{what}: expected the MODEL of a Z-Image DiT made by ZImageDiTToModel; got {kind}.")
+    return patched
+
+
+def zimage_model_with(model, patched):
+    """A clone of our MODEL (ComfyUI's patches on it kept) that runs `patched` (its runtime patches)."""
+    return sys.modules[f"{__package__}.host_model"].with_patched(model, patched)

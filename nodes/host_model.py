@@ -30,6 +30,7 @@ import comfy.supported_models  # type: ignore
 import weakref
 
 from ..zimage_core.errors import InputError
+from ..zimage_core.ops import cast_workspace
 from ..zimage_core.patching import PatchedDiT
 
 # Lumina2 block patch points our DiT honours (comfy/ldm/lumina/model.py calls them after each block).
@@ -49,6 +50,16 @@ def _step_of(transformer_options: dict) -> tuple[int, float | None, int]:
         return 0, s, 1
     grid = sigmas[:-1].float().cpu()
     return int((grid - s).abs().argmin()), s, len(grid)
+
+
+def _cond_rows(cond_or_uncond, batch: int) -> list[int] | None:
+    """The rows of ComfyUI's batch that belong to positive conditioning (chunks of equal size, in the order of
+    transformer_options['cond_or_uncond'], 0 = positive), or None when all of them do."""
+    if not cond_or_uncond or batch % len(cond_or_uncond):
+        return None
+    per = batch // len(cond_or_uncond)
+    rows = [i * per + j for i, c in enumerate(cond_or_uncond) if c == 0 for j in range(per)]
+    return None if len(rows) == batch else rows
 
 
 class NextDiTAdapter(nn.Module):
@@ -80,8 +91,16 @@ class NextDiTAdapter(nn.Module):
         step, sigma, n_steps = _step_of(transformer_options)
         # native: t = 1 - timesteps (timesteps = sigma for Z-Image's CONST sampling), output -(x0 - noise)
         t = 1.0 - timesteps.float()
-        with patched.applied():
+        with patched.applied(), cast_workspace():  # one cast buffer for the context and the DiT call
             controls = patched.step_controls(step, sigma if sigma is not None else float(timesteps[0]), n_steps)
+            if "nag" in controls:
+                rows = _cond_rows(transformer_options.get("cond_or_uncond"), x.shape[0])
+                if rows is None:
+                    pass  # every row is a positive one
+                elif rows:
+                    controls["nag"] = controls["nag"].only(rows)
+                else:  # a batch of CFG negatives only: NAG steers the positive prediction
+                    del controls["nag"]
             ctx = dit.encode_context(list(context.unbind(0)))  # NextDiT uses every row of the context
             transform = controls.pop("context", None)
             if transform is not None:
@@ -183,3 +202,33 @@ def release(dit) -> None:
         if lm.model is not None and lm.model.is_clone(root):
             lm.model_unload()
             loaded.remove(lm)
+
+
+def patched_of(model) -> PatchedDiT | None:
+    """The PatchedDiT a MODEL made by `as_model` runs (also after ComfyUI clones it: ModelSamplingAuraFlow,
+    LoraLoaderModelOnly, ...), or None for any other MODEL."""
+    inner = getattr(model, "model", None)
+    if not isinstance(getattr(inner, "diffusion_model", None), NextDiTAdapter):
+        return None
+    patched = getattr(model, "model_options", {}).get("transformer_options", {}).get(PATCHED_KEY)
+    return patched if isinstance(patched, PatchedDiT) else None
+
+
+def with_patched(model, patched: PatchedDiT):
+    """A clone of our MODEL (keeping ComfyUI's own weight and model patches) that runs `patched` instead."""
+    out = model.clone()
+    out.model_options["transformer_options"] = {**out.model_options.get("transformer_options", {}),
+                                                PATCHED_KEY: patched}
+    return out
+
+
+def describe(model) -> str:
+    """What a MODEL that is not ours is, for error messages."""
+    inner = getattr(model, "model", None)
+    if inner is None:
+        return f"a {type(model).__name__}, not a ComfyUI MODEL"
+    family = type(inner).__name__
+    if isinstance(inner, comfy.model_base.Lumina2):
+        return (f"ComfyUI's native {family} (Z-Image / Lumina 2) MODEL, e.g. from UNETLoader; this node patches this "
+                f"pack's DiT: load it with ZImageDiTLoader and turn it into a MODEL with ZImageDiTToModel")
+    return f"a {family} MODEL (another model family), not a Z-Image DiT"

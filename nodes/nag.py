@@ -5,9 +5,9 @@ from __future__ import annotations
 from ..zimage_core.errors import InputError
 from ..zimage_core.nag import NAG
 from ..zimage_core.patching import PatchedDiT
-from .sampler import conditioning_features
+from . import host
 from .inputs import fraction
-
+from .sampler import conditioning_features
 
 
 class ZImageNAG:
@@ -56,5 +56,39 @@ class ZImageNAG:
         return (dit.with_patch(patch),)
 
 
-NODE_CLASS_MAPPINGS = {"ZImageNAG": ZImageNAG}
-NODE_DISPLAY_NAME_MAPPINGS = {"ZImageNAG": "Z-Image NAG (negative prompt at cfg 1)"}
+class ZImageNAGModel:
+    DESCRIPTION = ("Normalized Attention Guidance on a MODEL: the ZImageNAG negative prompt for KSampler, "
+                   "KSamplerAdvanced, SamplerCustomAdvanced and other packs' samplers. Takes the MODEL of a Z-Image "
+                   "DiT made by ZImageDiTToModel (also after LoRA, ModelSamplingAuraFlow or other model patches); "
+                   "works at cfg 1 (Turbo), and with CFG it guides the positive prediction only. Same rule, "
+                   "parameters and cost as ZImageNAG; a MODEL of another family is refused.")
+    CATEGORY = "Z-Image/sampling"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The MODEL with NAG attached (the input MODEL is unchanged), for KSampler and other samplers.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        types = ZImageNAG.INPUT_TYPES()
+        required = {"model": ("MODEL", {"tooltip": "The MODEL of a Z-Image DiT from ZImageDiTToModel (possibly "
+                                                   "patched since, e.g. by LoraLoaderModelOnly)."}),
+                    "negative": ("CONDITIONING", {"tooltip": "What to steer away from, from CLIPTextEncode on "
+                                                             "the Z-Image (lumina2) CLIP or ZImageTextEncode, e.g. "
+                                                             "'blurry, low quality, watermark, text'."})}
+        required.update({k: v for k, v in types["required"].items() if k not in ("dit", "negative")})
+        return {"required": required, "optional": types["optional"]}
+
+    def apply(self, model, negative, scale, tau, alpha, start=0.0, end=1.0):
+        patched = host.zimage_model_dit(model, "ZImageNAGModel 'model'")
+        feats = conditioning_features(negative, "ZImageNAGModel negative")
+        patch = NAG(feats, scale, tau, alpha, start, end)
+        patch.check(patched.dit)
+        if float(scale) == 0.0 or float(alpha) == 0.0 or patch.end <= patch.start:
+            return (model,)
+        return (host.zimage_model_with(model, patched.with_patch(patch)),)
+
+
+NODE_CLASS_MAPPINGS = {"ZImageNAG": ZImageNAG, "ZImageNAGModel": ZImageNAGModel}
+NODE_DISPLAY_NAME_MAPPINGS = {"ZImageNAG": "Z-Image NAG (negative prompt at cfg 1)",
+                              "ZImageNAGModel": "Z-Image NAG on MODEL (negative prompt at cfg 1)"}

@@ -7,9 +7,10 @@ main layers (bf16, 2 + 2 refiner blocks as ComfyUI builds them). Each contender 
 turns (ours, native, ours, native, ...):
   native  comfy.sd.load_diffusion_model (what UNETLoader does) -> KSampler (euler / simple)
   ours    zimage_core.load_dit -> ZImageDiTToModel's MODEL (nodes/host_model.py) -> the same KSampler call
-Reported: load seconds, sampling seconds, peak RSS (VmHWM, reset after the imports) above the RSS after the
-imports (file-backed pages of memory-mapped weights count as resident once touched), and the
-largest difference between the two latents. Needs COMFYUI_PATH (tests/setup-host.sh). A benchmark, not a
+Reported: load seconds, sampling seconds (wall), their sum (what a first run of a graph waits), the CPU
+seconds of the sampling (all threads; steadier than wall time on a shared machine), peak RSS (VmHWM, reset
+after the imports) above the RSS after the imports (file-backed pages of memory-mapped weights count as
+resident once touched), and the largest difference between the two latents. Needs COMFYUI_PATH (tests/setup-host.sh). A benchmark, not a
 test: timings depend on the machine; only the ratios of one run are comparable.
 """
 from __future__ import annotations
@@ -75,13 +76,14 @@ def child(kind: str, path: str, size: int, steps: int, out: str) -> None:
     neg = [[torch.zeros(1, 32, CAP_DIM), {}]]
     latent = torch.zeros(1, 16, size // 8, size // 8)
     noise = comfy.sample.prepare_noise(latent, 0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():
         x = comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", pos, neg, latent, seed=0,
                                 disable_pbar=True)
-    sample_s = time.perf_counter() - t0
+    sample_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     torch.save(x.float(), out)
-    print(json.dumps({"load_s": load_s, "sample_s": sample_s, "peak_rss_above_baseline": status("VmHWM") - base}))
+    print(json.dumps({"load_s": load_s, "sample_s": sample_s, "load_plus_sample_s": load_s + sample_s,
+                      "sample_cpu_s": cpu_s, "peak_rss_above_baseline": status("VmHWM") - base}))
 
 
 def main(argv=None) -> int:
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
               "max_abs_latent_diff": (x_ours - x_native).abs().max().item(),
               "latent_abs_max": x_native.abs().max().item()}
     print(f"{'':28s} {'ours':>10s} {'native':>10s} {'ours/native':>12s}")
-    for m in ("load_s", "sample_s", "peak_rss_above_baseline"):
+    for m in ("load_s", "sample_s", "load_plus_sample_s", "sample_cpu_s", "peak_rss_above_baseline"):
         o, n = med["ours"][m], med["native"][m]
         scale = 2**20 if m.startswith("peak") else 1
         print(f"{m:28s} {o / scale:10.2f} {n / scale:10.2f} {o / n:12.2f}")

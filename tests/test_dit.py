@@ -293,3 +293,32 @@ def test_a_failed_load_leaves_a_loaded_model_usable(tmp_path):
     with pytest.raises(CheckpointError):
         load_dit(_write(tmp_path / "vae.safetensors", {"decoder.conv_in.weight": (4, 16, 3, 3), "encoder.down.0.x": (1,)}))
     assert torch.equal(m(xs, t, caps)[0], before)
+
+
+@pytest.mark.parametrize("stored", [torch.bfloat16, torch.float8_e4m3fn])
+def test_cpu_weight_casts_in_the_reused_workspace_equal_fresh_casts(stored):
+    from zimage_core import ops
+
+    g = torch.Generator().manual_seed(0)
+    big, small = ops.Linear(64, 96), ops.Linear(96, 32, bias=False)
+    for lin in (big, small):
+        lin.weight.data = lin.weight.data.to(stored)
+    if stored == torch.float8_e4m3fn:
+        big.scale_weight = torch.tensor(0.37)
+    x = torch.randn(5, 64, generator=g)
+    with torch.no_grad():
+        fresh = small(big(x))
+        with ops.cast_workspace():
+            reused = small(big(x))  # the second cast overwrites the first one's buffer
+            again = small(big(x))
+            assert ops._WS.buffers[torch.float32].numel() == 96 * 64  # one buffer, the largest weight
+        assert ops._WS.buffers is None  # freed with the scope
+    want = torch.nn.functional.linear(x, big.weight.float() * (big.scale_weight or 1.0), big.bias)
+    assert torch.equal(fresh, reused) and torch.equal(reused, again)
+    assert torch.equal(big(x).detach(), want.detach())
+    # with gradients recorded the casts are fresh tensors (autograd keeps them for backward)
+    with ops.cast_workspace():
+        xg = x.clone().requires_grad_(True)
+        small(big(xg)).sum().backward()
+        assert ops._WS.buffers == {}
+    assert xg.grad is not None

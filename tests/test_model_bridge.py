@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -198,3 +199,119 @@ def test_the_converter_refuses_what_is_not_a_zimage_dit(pack, bridge):
     errors = bridge["mod"]("zimage_core.errors")
     with pytest.raises(errors.InputError, match="ZIMAGE_DIT"):
         node.convert(native_model(bridge))
+
+
+# ------------------------------------------------------------------------------------ NAG on the MODEL path
+
+def nag_model(bridge, model, negative, scale=5.0, **kw):
+    (out,) = bridge["mod"]("nodes.nag").ZImageNAGModel().apply(model, negative, scale, 2.5, 0.25, **kw)
+    return out
+
+
+def test_nag_model_at_scale_zero_or_with_the_positive_as_negative_gives_exactly_the_plain_image(bridge):
+    latent = torch.zeros(1, 16, 6, 8)
+    plain = ksample(our_model(bridge), cond(1), latent)
+    off = nag_model(bridge, our_model(bridge), cond(2), scale=0.0)
+    same = nag_model(bridge, our_model(bridge), cond(1))
+    assert torch.equal(ksample(off, cond(1), latent), plain)
+    assert torch.equal(ksample(same, cond(1), latent), plain)
+    assert not torch.equal(ksample(nag_model(bridge, our_model(bridge), cond(2)), cond(1), latent), plain)
+
+
+def test_nag_model_under_ksampler_equals_our_sampler_with_zimage_nag_with_lora_and_adaln(bridge, tmp_path):
+    f = tmp_path / "lora.safetensors"
+    save_file(style_file(random_lora(bridge["state"], seed=10), "peft"), str(f))
+    (dit,) = bridge["mod"]("nodes.lora").ZImageLoraLoader().apply(bridge["patched"], str(f), 0.8)
+    (dit,) = bridge["mod"]("nodes.adaln").ZImageAdaLNScale().apply(dit, 1.3, 0.5, 0, -1, True)
+    (with_nag,) = bridge["mod"]("nodes.nag").ZImageNAG().apply(dit, cond(2, n=5), 5.0, 2.5, 0.25)
+    latent = torch.zeros(1, 16, 6, 8)
+    ref = our_sampler(bridge, with_nag, cond(1), latent)
+    # NAG attached after the conversion, and after one of ComfyUI's own clones of the MODEL
+    model = comfy.model_patcher.ModelPatcher.clone(our_model(bridge, dit))
+    got = ksample(nag_model(bridge, model, cond(2, n=5)), cond(1), latent)
+    assert (got - ksample(our_model(bridge, dit), cond(1), latent)).abs().max() > 1e-2  # NAG matters
+    assert (got - ref).abs().max() <= 1e-3 * ref.abs().max()
+
+
+def test_nag_model_with_cfg_guides_the_positive_rows_of_ksamplers_batch_only(bridge):
+    latent = torch.zeros(2, 16, 6, 8)
+    model = nag_model(bridge, our_model(bridge), cond(2, n=5))
+    seen = []
+
+    def record(apply, a):
+        seen.append(a["cond_or_uncond"])
+        return apply(a["input"], a["timestep"], **a["c"])
+
+    batched = model.clone()
+    batched.set_model_unet_function_wrapper(record)
+    got = ksample(batched, cond(1), latent, negative=cond(9), cfg=3.0)
+    assert sorted(seen[0]) == [0, 1]  # one call of our DiT with positive and negative rows
+    # reference: the positive prediction from the MODEL with NAG, the negative one from the plain MODEL, in
+    # separate calls (ComfyUI batches both into one call of our DiT, [positive rows, negative rows])
+    key = bridge["hm"].PATCHED_KEY
+
+    def separately(a):
+        opts = a["model_options"]
+        plain = {**opts, "transformer_options": {**opts["transformer_options"], key: bridge["patched"]}}
+        return [comfy.samplers.calc_cond_batch(a["model"], [a["conds"][0]], a["input"], a["sigma"], opts)[0],
+                comfy.samplers.calc_cond_batch(a["model"], [None, a["conds"][1]], a["input"], a["sigma"], plain)[1]]
+
+    split = model.clone()
+    split.model_options["sampler_calc_cond_batch_function"] = separately
+    want = ksample(split, cond(1), latent, negative=cond(9), cfg=3.0)
+    plain = ksample(our_model(bridge), cond(1), latent, negative=cond(9), cfg=3.0)
+    assert (got - plain).abs().max() > 1e-2
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_nag_model_refuses_a_model_of_another_family_and_a_wrong_negative(bridge):
+    errors = bridge["mod"]("zimage_core.errors")
+    with pytest.raises(errors.InputError, match="ZImageNAGModel 'model'.*native Lumina2.*ZImageDiTToModel"):
+        nag_model(bridge, native_model(bridge), cond(2))
+    other = comfy.model_patcher.ModelPatcher(torch.nn.Linear(2, 2), CPU, CPU)
+    with pytest.raises(errors.InputError, match="ZImageNAGModel 'model'.*Z-Image DiT"):
+        nag_model(bridge, other, cond(2))
+    wrong = [[torch.randn(1, 5, 32), {}]]
+    with pytest.raises(errors.InputError, match="hidden size 32"):
+        nag_model(bridge, our_model(bridge), wrong)
+
+
+# --------------------------------------------------------------- native conditioning and previews on our MODEL
+
+def test_lumina2_clip_style_conditioning_gives_the_same_latents_on_our_model_as_on_nextdit(bridge):
+    """CLIPTextEncode on a lumina2 CLIP gives [B, L, hidden] with an `attention_mask` (zeros where a batch of
+    prompts was padded); ComfyUI's Lumina2 turns it into num_tokens / attention_mask conds. (ComfyUI builds
+    that CLIP only at Qwen3-4B size, so a tiny text encoder cannot be loaded as one: the conditioning's
+    layout is reproduced here.)"""
+    pos = cond(1, n=9, batch=2)
+    mask = torch.ones(2, 9)
+    mask[1, 6:] = 0  # the second prompt is 3 tokens shorter
+    positive = [[pos[0][0], {"attention_mask": mask, "pooled_output": None}]]
+    latent = torch.zeros(2, 16, 6, 8)
+    ours = ksample(our_model(bridge), positive, latent)
+    native = ksample(native_model(bridge), positive, latent)
+    assert (ours - native).abs().max() <= 1e-3 * native.abs().max()
+
+
+def test_sampling_previews_of_our_model_equal_those_of_native_nextdit(bridge, monkeypatch):
+    """KSampler's preview path (latent_preview.prepare_callback with latent2rgb) reads the MODEL's latent format:
+    the Z-Image (Flux) factors, so our MODEL previews as the native one does."""
+    import comfy.cli_args
+    import latent_preview
+
+    monkeypatch.setattr(comfy.cli_args.args, "preview_method", comfy.cli_args.LatentPreviewMethod.Latent2RGB)
+    previews = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
+                        previews.append(preview))
+    latent = torch.zeros(1, 16, 6, 8)
+    runs = []
+    for model in (our_model(bridge), native_model(bridge)):
+        previews.clear()
+        assert type(model.get_model_object("latent_format")).__name__ == "Flux"
+        noise = comfy.sample.prepare_noise(latent, SEED)
+        comfy.sample.sample(model, noise, STEPS, 1.0, "euler", "simple", cond(1), [[torch.zeros(1, 7, 64), {}]],
+                            latent, seed=SEED, disable_pbar=True,
+                            callback=latent_preview.prepare_callback(model, STEPS))
+        runs.append([np.asarray(p[1], dtype=np.int16) for p in previews])
+    assert len(runs[0]) == STEPS and runs[0][0].shape == (6, 8, 3)
+    assert all(np.abs(a - b).max() <= 1 for a, b in zip(*runs))

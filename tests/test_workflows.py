@@ -23,7 +23,8 @@ import workflow_support as ws
 
 EXPECTED = ("turbo_t2i", "base_cfg", "prompt_enhancer_turbo", "lora_stack", "img2img", "inpaint", "adaln_variety",
             "native_mixed", "ksampler_bridge", "low_vram_fast", "controlnet_canny", "nag_turbo",
-            "controlnet_depth_pose", "controlnet_inpaint", "controlnet_tile_upscale")
+            "controlnet_depth_pose", "controlnet_inpaint", "controlnet_tile_upscale",
+            "nag_ksampler")
 INDEX = json.loads(ws.INDEX_PATH.read_text(encoding="utf-8"))
 NAMES = [w["name"] for w in INDEX["workflows"]]
 SIZE, STEPS = 64, 3
@@ -600,6 +601,20 @@ def test_native_vae_decode_matches_ours_on_the_same_latent(server, tmp_path):
     assert native.shape == ours.shape == (SIZE, SIZE, 3)
     assert native.std() > 2
     assert np.abs(native - ours).max() <= 2, np.abs(native - ours).max()
+
+
+def test_server_nag_on_model_scale_zero_equals_the_graph_without_nag(server, tmp_path):
+    """nag_ksampler on the real ComfyUI: KSampler on the MODEL with NAG at scale 0 gives exactly the picture of
+    the MODEL without the NAG node; NAG changes it."""
+    g = load_api("nag_ksampler")
+    nid, shift = ws.find_node(g, "ZImageNAGModel"), ws.find_node(g, "ModelSamplingAuraFlow")
+    pics = {}
+    for label, change in (("nag", {}), ("zero", {nid: {"scale": 0.0}}),
+                          ("plain", {shift: {"model": g[nid]["inputs"]["model"]}})):
+        (path,) = server_run(server, ws.with_inputs(g, change), tmp_path / label).images
+        pics[label] = png(path)
+    assert np.array_equal(pics["zero"], pics["plain"])
+    assert np.abs(pics["nag"] - pics["plain"]).max() > 2
 
 
 def test_server_nag_scale_zero_equals_the_graph_without_nag_and_bad_input_is_refused(server, tmp_path):

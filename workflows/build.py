@@ -803,9 +803,51 @@ negative prompt (here: text and watermarks, blur, oversaturated colours).
     return g
 
 
+def nag_ksampler() -> Graph:
+    g = Graph("nag_ksampler", "Z-Image-Turbo with a NAG negative prompt in the native KSampler",
+              "The pack's DiT handed to ComfyUI as a MODEL, Z-Image NAG on MODEL for a working negative prompt at "
+              "cfg 1, then the native ModelSamplingAuraFlow (shift 3) and KSampler with res_multistep.",
+              tags=["text-to-image", "turbo", "nag", "negative prompt", "interop"])
+    g.note(0, "About this workflow", f"""
+## A negative prompt for Turbo in native samplers
+
+Turbo samples at **cfg 1**, where KSampler's negative input does nothing. **Z-Image NAG on MODEL**
+(Normalized Attention Guidance) attaches the negative prompt to the MODEL instead: in every main layer the
+image tokens also look at the negative prompt and their attention output is pushed away from it. Any
+sampler node that takes a MODEL then uses it.
+
+- `scale` 5 (0 = off, the same picture as without the node), `tau` 2.5, `alpha` 0.25.
+- LoRA / adaLN nodes of this pack go before **Z-Image DiT to MODEL**; LoraLoaderModelOnly may go
+  anywhere on the MODEL.
+{MODELS_MD.format(dit=TURBO)}""", size=(420, 480))
+    dit, te = loaders(g)
+    vae = vae_loader(g)
+    g.group("Models", 1)
+    model = g.add("ZImageDiTToModel", 2, "DiT to MODEL", inputs={"dit": dit[0]}, size=(340, 50))
+    neg = prompt(g, te, "blurry, low quality, oversaturated colours, text, watermark, logo, frame", col=2,
+                 title="Negative Prompt (NAG)", size=(440, 150))
+    nag = g.add("ZImageNAGModel", 2, "Z-Image NAG on MODEL",
+                {"scale": 5.0, "tau": 2.5, "alpha": 0.25, "start": 0.0, "end": 1.0},
+                {"model": model[0], "negative": neg[0]}, size=(340, 200))
+    shift = g.add("ModelSamplingAuraFlow", 2, "ModelSamplingAuraFlow", {"shift": 3.0}, {"model": nag[0]},
+                  size=(340, 60))
+    pos = prompt(g, te, FOX, col=3)
+    zero = g.add("ConditioningZeroOut", 3, "Negative (zeroed prompt)", inputs={"conditioning": pos[0]},
+                 size=(440, 30))
+    lat = g.add("EmptySD3LatentImage", 3, "EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1},
+                size=(440, 110))
+    samp = g.add("KSampler", 4, "KSampler",
+                 {"seed": 42, "steps": 8, "cfg": 1.0, "sampler_name": "res_multistep", "scheduler": "simple",
+                  "denoise": 1.0},
+                 {"model": shift[0], "positive": pos[0], "negative": zero[0], "latent_image": lat[0]},
+                 size=(360, 260), control="randomize")
+    decode_save(g, vae, samp, 4, "z-image-nag-ksampler")
+    return g
+
+
 GRAPHS = (turbo_t2i, base_cfg, prompt_enhancer_turbo, lora_stack, img2img, inpaint, adaln_variety, native_mixed,
           ksampler_bridge, low_vram_fast, controlnet_canny, nag_turbo, controlnet_depth_pose, controlnet_inpaint,
-          controlnet_tile_upscale)
+          controlnet_tile_upscale, nag_ksampler)
 
 
 # ------------------------------------------------------------------------------------------------ files

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import Embedding, Linear
+from .ops import Embedding, Linear, cast_workspace
 
 
 @dataclass(frozen=True)
@@ -164,8 +164,9 @@ class Qwen3Model(nn.Module):
             causal = torch.ones(S, S, dtype=torch.bool, device=x.device).tril()
             attn_mask = causal[None, None] & mask[:, None, None, :].to(x.device)  # [B, 1, S, S]
         rope = self._rope(0, S, x)
-        for layer in self.layers[:n_layers]:
-            x = layer(x, rope, attn_mask)
+        with cast_workspace():  # CPU weight casts reuse one buffer (see ops.cast_workspace)
+            for layer in self.layers[:n_layers]:
+                x = layer(x, rope, attn_mask)
         return x
 
 
@@ -197,7 +198,8 @@ class Qwen3LM(nn.Module):
         if S > 1 and start > 0:  # a chunk after earlier positions: causal with an offset
             mask = torch.ones(S, start + S, dtype=torch.bool, device=x.device).tril(start)[None, None]
         rope = m._rope(start, S, x)
-        for i, layer in enumerate(m.layers):
-            x = layer(x, rope, mask, (cache.k[i], cache.v[i], start))
-        cache.length = start + S
-        return self.lm_head(m.norm(x[:, -1])).float()
+        with cast_workspace():
+            for i, layer in enumerate(m.layers):
+                x = layer(x, rope, mask, (cache.k[i], cache.v[i], start))
+            cache.length = start + S
+            return self.lm_head(m.norm(x[:, -1])).float()

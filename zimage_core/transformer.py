@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import InputError
-from .ops import Linear, RMSNorm
+from .ops import Linear, RMSNorm, cast_workspace
 from .rope import apply_rope, axes_dims_for, rope_angles
 
 SEQ_MULTI_OF = 32  # image and caption token runs are padded to multiples of this
@@ -250,6 +250,10 @@ class ZImageDiT(nn.Module):
     # -- text side ---------------------------------------------------------------------------------
     def encode_context(self, cap_feats: list[torch.Tensor]) -> Context:
         """Caption features [L_i, cap_feat_dim] -> refined caption tokens (run once per prompt)."""
+        with cast_workspace():
+            return self._encode_context(cap_feats)
+
+    def _encode_context(self, cap_feats: list[torch.Tensor]) -> Context:
         cfg, dtype = self.cfg, self.compute_dtype
         device = self.x_pad_token.device
         for i, f in enumerate(cap_feats):
@@ -293,6 +297,10 @@ class ZImageDiT(nn.Module):
         block_hook: see `BlockHook` (the image runs of all samples must then have one length).
         Returns float32 in the layout of x.
         """
+        with cast_workspace():  # CPU weight casts reuse one buffer (see ops.cast_workspace)
+            return self._forward(x, t, context, mod_hook, adaln_t, control, nag, block_hook)
+
+    def _forward(self, x, t, context, mod_hook, adaln_t, control, nag, block_hook):
         cfg, dtype = self.cfg, self.compute_dtype
         is_list = isinstance(x, (list, tuple))
         latents = [xi.squeeze(1) if xi.ndim == 4 else xi for xi in x] if is_list else list(x.unbind(0))
