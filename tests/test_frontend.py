@@ -25,7 +25,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from frontend import ComfyUIPage, missing_tools, node_executable  # noqa: E402
+from frontend import ComfyUIPage, FrontendError, missing_tools, node_executable  # noqa: E402
 
 REPO_ROOT = HERE.parent
 WEB_JS = REPO_ROOT / "web" / "js"
@@ -502,6 +502,9 @@ const [x, y] = app.canvas.ds.convertOffsetToCanvas([n.pos[0] + 60, n.pos[1] - Li
 return {x: Math.round(x), y: Math.round(y)};
 """
 
+INFO_BUTTON_JS = """return !!document.querySelector("[data-testid='info-button']");"""
+SELECTED_JS = """return Object.values(app.canvas.selected_nodes || {}).map((n) => n.type);"""
+
 HELP_SHOWN_JS = """
 const el = document.querySelector(".node-help-content");
 const h1 = el && el.querySelector("h1");
@@ -526,8 +529,16 @@ def test_help_pages_open_from_the_node_info_button(ui):
         title = md.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").replace("`", "")
         # the browser keeps 250 resource timings by default; earlier tests on this page fill that buffer
         page.evaluate("performance.clearResourceTimings(); return true;")
-        point = page.evaluate(PLACE_NODE_JS, node)
-        page.act("#graph-canvas", "click", position=point)
+        for attempt in range(3):  # the selection toolbox appears after the canvas has taken the click
+            point = page.evaluate(PLACE_NODE_JS, node)
+            page.act("#graph-canvas", "click", position=point)
+            try:
+                page.wait_for(INFO_BUTTON_JS, timeout=10)
+                break
+            except FrontendError:
+                if attempt == 2:
+                    raise AssertionError(f"{node}: no Node Info button after selecting the node "
+                                         f"(selected: {page.evaluate(SELECTED_JS)})") from None
         page.act("[data-testid='info-button']")
         shown = page.wait_for(HELP_SHOWN_JS, node, timeout=20)
         assert shown["h1"] == title, (node, shown["h1"])
