@@ -529,17 +529,17 @@ def test_help_pages_open_from_the_node_info_button(ui):
         title = md.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").replace("`", "")
         # the browser keeps 250 resource timings by default; earlier tests on this page fill that buffer
         page.evaluate("performance.clearResourceTimings(); return true;")
-        for attempt in range(3):  # the selection toolbox appears after the canvas has taken the click
+        for attempt in range(3):  # the selection toolbox appears (and settles) after the canvas took the click
             point = page.evaluate(PLACE_NODE_JS, node)
             page.act("#graph-canvas", "click", position=point)
             try:
                 page.wait_for(INFO_BUTTON_JS, timeout=10)
+                page.act("[data-testid='info-button']", timeout=10)
                 break
-            except FrontendError:
+            except FrontendError as e:
                 if attempt == 2:
-                    raise AssertionError(f"{node}: no Node Info button after selecting the node "
-                                         f"(selected: {page.evaluate(SELECTED_JS)})") from None
-        page.act("[data-testid='info-button']")
+                    raise AssertionError(f"{node}: could not open Node Info after selecting the node "
+                                         f"(selected: {page.evaluate(SELECTED_JS)}): {e}") from None
         shown = page.wait_for(HELP_SHOWN_JS, node, timeout=20)
         assert shown["h1"] == title, (node, shown["h1"])
         assert "<code>" in shown["html"] and len(shown["text"]) > 200, f"{node}: the page did not render as markdown"
