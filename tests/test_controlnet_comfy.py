@@ -17,40 +17,21 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
-import sys
 
 import pytest
 import torch
+from comfy_inprocess import (  # skips the module without COMFYUI_PATH
+    comfy,
+    folder_paths,
+    nodes_model_patch,
+)
 from safetensors.torch import save_file
-from workflow_support import load_pack
 
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
-if not COMFYUI_PATH:
-    pytest.skip("COMFYUI_PATH not set", allow_module_level=True)
-importlib.import_module(load_pack().__name__ + ".nodes.host")  # standalone host mode, as in test_model_bridge
-sys.path.append(COMFYUI_PATH)
-_argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
-try:
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    import comfy.ldm.lumina.controlnet
-    import comfy.model_base
-    import comfy.model_patcher
-    import comfy.sample
-    import comfy.samplers
-    import comfy.supported_models
-    import folder_paths
-    from comfy_extras import nodes_model_patch
-finally:
-    sys.argv = _argv
-
-from zimage_core.controlnet import ControlNetConfig  # noqa: E402
-from zimage_core.tiny.controlnet import random_controlnet_state  # noqa: E402
-from zimage_core.tiny.dit import random_dit_state  # noqa: E402
-from zimage_core.tiny.vae import write_tiny_vae  # noqa: E402
-from zimage_core.transformer import DiTConfig  # noqa: E402
+from zimage_core.controlnet import ControlNetConfig
+from zimage_core.tiny.controlnet import random_controlnet_state
+from zimage_core.tiny.dit import random_dit_state
+from zimage_core.tiny.vae import write_tiny_vae
+from zimage_core.transformer import DiTConfig
 
 CFG = DiTConfig(dim=256, n_layers=30, n_refiner_layers=2, n_heads=4, ffn_dim=682, cap_feat_dim=64, t_mid_dim=256)
 CPU = torch.device("cpu")
@@ -63,7 +44,7 @@ FILES = {"1.0": ("plain", 16, 6), "2.0": ("layers", 33, 15), "2.1": ("refiner", 
 @pytest.fixture(scope="module")
 def env(pack, tmp_path_factory):
     d = tmp_path_factory.mktemp("cn_comfy")
-    mod = lambda n: importlib.import_module(f"{pack.__name__}.{n}")  # noqa: E731
+    mod = lambda n: importlib.import_module(f"{pack.__name__}.{n}")
     state = random_dit_state(CFG, seed=3)
     save_file({k: v.contiguous() for k, v in state.items()}, str(d / "dit.safetensors"))
     dit = mod("zimage_core.dit_loader").load_dit(d / "dit.safetensors", "fp32")

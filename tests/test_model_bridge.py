@@ -8,41 +8,16 @@ that width NextDiT's fixed 256-d timestep output no longer matches the checkpoin
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
+from comfy_inprocess import comfy  # skips the module without COMFYUI_PATH
 from safetensors.torch import save_file
-from workflow_support import load_pack
+from test_lora import STYLES, random_lora, style_file
 
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
-if not COMFYUI_PATH:
-    pytest.skip("COMFYUI_PATH not set", allow_module_level=True)
-# The pack is imported before ComfyUI's root joins sys.path (appended, after the repository's own modules),
-# so its host adapter stays in standalone mode for the whole test session, as in the other test files; the
-# bridge module (nodes/host_model.py) imports `comfy` itself.
-importlib.import_module(load_pack().__name__ + ".nodes.host")
-sys.path.append(COMFYUI_PATH)
-_argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
-try:
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    import comfy.model_base
-    import comfy.model_patcher
-    import comfy.sample
-    import comfy.samplers
-    import comfy.sd
-    import comfy.supported_models
-    import comfy.utils
-finally:
-    sys.argv = _argv
-
-from test_lora import STYLES, random_lora, style_file  # noqa: E402
-from zimage_core.tiny.dit import random_dit_state  # noqa: E402
-from zimage_core.transformer import DiTConfig  # noqa: E402
+from zimage_core.tiny.dit import random_dit_state
+from zimage_core.transformer import DiTConfig
 
 CFG = DiTConfig(dim=256, n_layers=2, n_refiner_layers=2, n_heads=4, ffn_dim=682, cap_feat_dim=64, t_mid_dim=256)
 CPU = torch.device("cpu")
@@ -54,7 +29,7 @@ def bridge(pack, tmp_path_factory):
     d = tmp_path_factory.mktemp("bridge")
     state = random_dit_state(CFG, seed=3)
     save_file({k: v.contiguous() for k, v in state.items()}, str(d / "dit.safetensors"))
-    mod = lambda n: importlib.import_module(f"{pack.__name__}.{n}")  # noqa: E731
+    mod = lambda n: importlib.import_module(f"{pack.__name__}.{n}")
     dit = mod("zimage_core.dit_loader").load_dit(d / "dit.safetensors")
     patched = mod("zimage_core.patching").PatchedDiT(dit)
     return {"dir": d, "state": state, "patched": patched, "hm": mod("nodes.host_model"), "mod": mod}

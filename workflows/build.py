@@ -604,6 +604,16 @@ def low_vram_fast() -> Graph:
     return g
 
 
+def controlnet_models(g: Graph, controlnet: str = CONTROLNET, title: str = "Load ControlNet"):
+    """The DiT, text encoder, VAE and ControlNet loaders in the Models group: (dit, te, vae, controlnet)."""
+    dit, te = loaders(g)
+    vae = vae_loader(g)
+    cn = g.add("ZImageControlNetLoader", 1, title, {"controlnet_name": controlnet, "weight_dtype": "auto"},
+               size=(340, 90))
+    g.group("Models", 1)
+    return dit, te, vae, cn
+
+
 def controlnet_canny() -> Graph:
     g = Graph("controlnet_canny", "ControlNet (canny) with Z-Image-Turbo",
               "The edges of an uploaded picture (native Canny node) steer Z-Image-Turbo through the ControlNet Union "
@@ -622,11 +632,7 @@ two controls, each with its own strength and range.
   native ZImageFunControlnet adds them to image tokens only, so its pictures differ.
 {MODELS_MD.format(dit=TURBO)}- `model_patches/{CONTROLNET}` (1.0, 2.1, lite and tile files load the same way)
 """, size=(420, 560))
-    dit, te = loaders(g)
-    vae = vae_loader(g)
-    cn = g.add("ZImageControlNetLoader", 1, "Load ControlNet", {"controlnet_name": CONTROLNET, "weight_dtype": "auto"},
-               size=(340, 90))
-    g.group("Models", 1)
+    dit, te, vae, cn = controlnet_models(g)
     img = g.add("LoadImage", 2, "Control Picture", {"image": "example.png"}, size=(440, 420))
     edges = g.add("Canny", 2, "Canny", {"low_threshold": 0.4, "high_threshold": 0.8}, {"image": img[0]},
                   size=(440, 90))
@@ -661,11 +667,7 @@ pose, MLSD, HED, scribble and gray). Their hints are summed in every step; each 
   steps free for detail. Keep the sum of the strengths below about 1.3 for Turbo.
 {MODELS_MD.format(dit=TURBO)}- `model_patches/{CONTROLNET}` (any Union file: 1.0, 2.1, lite)
 """, size=(420, 560))
-    dit, te = loaders(g)
-    vae = vae_loader(g)
-    cn = g.add("ZImageControlNetLoader", 1, "Load ControlNet", {"controlnet_name": CONTROLNET, "weight_dtype": "auto"},
-               size=(340, 90))
-    g.group("Models", 1)
+    dit, te, vae, cn = controlnet_models(g)
     depth = g.add("LoadImage", 2, "Depth Map", {"image": "example.png"}, size=(440, 420))
     pose = g.add("LoadImage", 2, "Pose Skeleton", {"image": "example.png"}, size=(440, 420))
     g.group("Control images", 2, color="#88a")
@@ -704,11 +706,7 @@ The picture and its mask go twice into the graph:
 Use a pose or depth picture instead of the edges to change more than the surface.
 {MODELS_MD.format(dit=TURBO)}- `model_patches/{CONTROLNET}` (2.0, 2.1 or lite: the 1.0 file has no inpaint input)
 """, size=(420, 600))
-    dit, te = loaders(g)
-    vae = vae_loader(g)
-    cn = g.add("ZImageControlNetLoader", 1, "Load ControlNet", {"controlnet_name": CONTROLNET, "weight_dtype": "auto"},
-               size=(340, 90))
-    g.group("Models", 1)
+    dit, te, vae, cn = controlnet_models(g)
     img = g.add("LoadImage", 2, "Input Image (paint the mask)", {"image": "example.png"}, size=(440, 420))
     edges = g.add("Canny", 2, "Canny", {"low_threshold": 0.4, "high_threshold": 0.8}, {"image": img[0]},
                   size=(440, 90))
@@ -745,11 +743,7 @@ lacked. Lower *denoise* keeps more of the enlarged picture; lower *strength* let
 Pictures over ~1.5 megapixels: use the pack's tiled VAE options.
 {MODELS_MD.format(dit=TURBO)}- `model_patches/{CONTROLNET_TILE}` (or the tile lite file)
 """, size=(420, 560))
-    dit, te = loaders(g)
-    vae = vae_loader(g)
-    cn = g.add("ZImageControlNetLoader", 1, "Load Tile ControlNet",
-               {"controlnet_name": CONTROLNET_TILE, "weight_dtype": "auto"}, size=(340, 90))
-    g.group("Models", 1)
+    dit, te, vae, cn = controlnet_models(g, CONTROLNET_TILE, "Load Tile ControlNet")
     img = g.add("LoadImage", 2, "Small Picture", {"image": "example.png"}, size=(440, 420))
     big = g.add("ImageScaleBy", 2, "Upscale Image By", {"upscale_method": "lanczos", "scale_by": 2.0},
                 {"image": img[0]}, size=(440, 90))
