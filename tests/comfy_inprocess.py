@@ -39,4 +39,31 @@ try:
 finally:
     sys.argv = _argv
 
-__all__ = ["comfy", "folder_paths", "nodes_model_patch"]
+__all__ = ["comfy", "folder_paths", "native_model", "nodes_model_patch", "our_model"]
+
+
+def native_model(env):
+    """ComfyUI's own NextDiT (what UNETLoader builds for a 3840-wide file) over the weights `env["state"]` of
+    our DiT `env["patched"]`; `env["hm"]` is the pack's nodes.host_model."""
+    import torch
+
+    cfg = env["patched"].dit.cfg
+    uc = dict(env["hm"].model_config(env["patched"].dit).unet_config)
+    uc.pop("disable_unet_model_creation")
+    # what comfy/model_detection.py sets for Z-Image, with this DiT's head split and ffn width
+    uc.update(n_kv_heads=cfg.n_heads, axes_dims=list(cfg.axes_dims), axes_lens=[1536, 512, 512], rope_theta=256.0,
+              ffn_dim_multiplier=8 / 3, multiple_of=1, time_scale=1000.0, pad_tokens_multiple=32, qk_norm=True)
+    mc = comfy.supported_models.ZImage(uc)
+    mc.set_inference_dtype(torch.float32, None)
+    cpu = torch.device("cpu")
+    base = comfy.model_base.Lumina2(mc, device=cpu)
+    base.diffusion_model.load_state_dict(env["state"])
+    return comfy.model_patcher.ModelPatcher(base, cpu, cpu)
+
+
+def our_model(env, patched=None):
+    """Our DiT (or `patched`, a PatchedDiT) as a ComfyUI MODEL through the bridge."""
+    import torch
+
+    cpu = torch.device("cpu")
+    return env["hm"].as_model(patched or env["patched"], cpu, cpu)

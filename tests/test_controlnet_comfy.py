@@ -23,7 +23,9 @@ import torch
 from comfy_inprocess import (  # skips the module without COMFYUI_PATH
     comfy,
     folder_paths,
+    native_model,
     nodes_model_patch,
+    our_model,
 )
 from safetensors.torch import save_file
 
@@ -70,23 +72,6 @@ class ComfyVAE:
 
     def spacial_compression_encode(self):
         return 8
-
-
-def native_model(env):
-    """ComfyUI's own NextDiT over the same weights (as UNETLoader builds it for a 3840-wide file)."""
-    uc = dict(env["hm"].model_config(env["patched"].dit).unet_config)
-    uc.pop("disable_unet_model_creation")
-    uc.update(n_kv_heads=CFG.n_heads, axes_dims=list(CFG.axes_dims), axes_lens=[1536, 512, 512], rope_theta=256.0,
-              ffn_dim_multiplier=8 / 3, multiple_of=1, time_scale=1000.0, pad_tokens_multiple=32, qk_norm=True)
-    mc = comfy.supported_models.ZImage(uc)
-    mc.set_inference_dtype(torch.float32, None)
-    base = comfy.model_base.Lumina2(mc, device=CPU)
-    base.diffusion_model.load_state_dict(env["state"])
-    return comfy.model_patcher.ModelPatcher(base, CPU, CPU)
-
-
-def our_model(env, patched=None):
-    return env["hm"].as_model(patched or env["patched"], CPU, CPU)
 
 
 def native_patch(name):

@@ -12,7 +12,11 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from comfy_inprocess import comfy  # skips the module without COMFYUI_PATH
+from comfy_inprocess import (  # skips the module without COMFYUI_PATH
+    comfy,
+    native_model,
+    our_model,
+)
 from safetensors.torch import save_file
 from test_lora import STYLES, random_lora, style_file
 
@@ -33,24 +37,6 @@ def bridge(pack, tmp_path_factory):
     dit = mod("zimage_core.dit_loader").load_dit(d / "dit.safetensors")
     patched = mod("zimage_core.patching").PatchedDiT(dit)
     return {"dir": d, "state": state, "patched": patched, "hm": mod("nodes.host_model"), "mod": mod}
-
-
-def native_model(bridge):
-    """ComfyUI's own NextDiT (what UNETLoader builds for a 3840-wide file) over the same weights."""
-    uc = dict(bridge["hm"].model_config(bridge["patched"].dit).unet_config)
-    uc.pop("disable_unet_model_creation")
-    # what comfy/model_detection.py sets for Z-Image, with this DiT's head split and ffn width
-    uc.update(n_kv_heads=CFG.n_heads, axes_dims=list(CFG.axes_dims), axes_lens=[1536, 512, 512], rope_theta=256.0,
-              ffn_dim_multiplier=8 / 3, multiple_of=1, time_scale=1000.0, pad_tokens_multiple=32, qk_norm=True)
-    mc = comfy.supported_models.ZImage(uc)
-    mc.set_inference_dtype(torch.float32, None)
-    base = comfy.model_base.Lumina2(mc, device=CPU)
-    base.diffusion_model.load_state_dict(bridge["state"])
-    return comfy.model_patcher.ModelPatcher(base, CPU, CPU)
-
-
-def our_model(bridge, patched=None):
-    return bridge["hm"].as_model(patched or bridge["patched"], CPU, CPU)
 
 
 def cond(seed, n=7, batch=1):
