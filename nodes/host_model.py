@@ -93,13 +93,11 @@ class NextDiTAdapter(nn.Module):
         t = 1.0 - timesteps.float()
         with patched.applied(), cast_workspace():  # one cast buffer for the context and the DiT call
             controls = patched.step_controls(step, sigma if sigma is not None else float(timesteps[0]), n_steps)
-            if "nag" in controls:
-                rows = _cond_rows(transformer_options.get("cond_or_uncond"), x.shape[0])
-                if rows is None:
-                    pass  # every row is a positive one
-                elif rows:
+            rows = _cond_rows(transformer_options.get("cond_or_uncond"), x.shape[0]) if "nag" in controls else None
+            if rows is not None:  # NAG steers the positive prediction only (None: every row is positive)
+                if rows:
                     controls["nag"] = controls["nag"].only(rows)
-                else:  # a batch of CFG negatives only: NAG steers the positive prediction
+                else:  # a batch of CFG negatives only
                     del controls["nag"]
             ctx = dit.encode_context(list(context.unbind(0)))  # NextDiT uses every row of the context
             transform = controls.pop("context", None)
@@ -115,6 +113,12 @@ class NextDiTAdapter(nn.Module):
             return None
         n_layers = len(self.layers)
         pes = {}
+        txts = []
+
+        def txt(dtype):  # NextDiT passes its refined caption as txt at the noise_refiner (padded once per call)
+            if not txts:
+                txts.append(nn.utils.rnn.pad_sequence([t.to(dtype) for t in ctx.tokens], batch_first=True))
+            return txts[0]
 
         def pe(rot, n):  # NextDiT's rotary table for the first n tokens, computed once per stage
             key = (id(rot), n)
@@ -125,10 +129,8 @@ class NextDiTAdapter(nn.Module):
 
         def hook(stage, index, u, x_input, n_img, vec, rot):
             if stage == "noise_refiner":
-                # NextDiT passes its refined caption as txt here (the ControlNet patch hands it on unused)
-                txt = nn.utils.rnn.pad_sequence([t.to(u.dtype) for t in ctx.tokens], batch_first=True)
                 for p in refiner:
-                    out = p({"img": u, "img_input": x_input, "txt": txt, "pe": pe(rot, u.shape[1]), "vec": vec,
+                    out = p({"img": u, "img_input": x_input, "txt": txt(u.dtype), "pe": pe(rot, u.shape[1]), "vec": vec,
                              "x": x, "block_index": index, "transformer_options": transformer_options,
                              "block_type": "noise_refiner"})
                     if "img" in out:

@@ -51,7 +51,7 @@ class ZImageNAG:
         feats = conditioning_features(negative, "ZImageNAG negative")
         patch = NAG(feats, scale, tau, alpha, start, end)
         patch.check(dit.dit)
-        if float(scale) == 0.0 or float(alpha) == 0.0 or patch.end <= patch.start:
+        if patch.is_noop:
             return (dit,)
         return (dit.with_patch(patch),)
 
@@ -84,7 +84,7 @@ class ZImageNAGModel:
         feats = conditioning_features(negative, "ZImageNAGModel negative")
         patch = NAG(feats, scale, tau, alpha, start, end)
         patch.check(patched.dit)
-        if float(scale) == 0.0 or float(alpha) == 0.0 or patch.end <= patch.start:
+        if patch.is_noop:
             return (model,)
         return (host.zimage_model_with(model, patched.with_patch(patch)),)
 

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from .controlnet import TOKENS
 from .errors import ZImageError
 from .offload import MEMORY_PRESETS
 
@@ -247,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--control-start", action="append", type=float,
                    help="where the control starts acting, as model time 1 - sigma (0 = first step)")
     g.add_argument("--control-end", action="append", type=float, help="where it stops acting (1 = last step)")
-    g.add_argument("--control-tokens", action="append", choices=["unified", "image"],
+    g.add_argument("--control-tokens", action="append", choices=TOKENS,
                    help="unified (default): hints on the whole image+caption sequence, as the reference; image: "
                         "as ComfyUI's ZImageFunControlnet (image tokens only)")
     g.add_argument("--control-inpaint", action="store_true",

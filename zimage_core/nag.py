@@ -101,6 +101,11 @@ class NAG:
         return (f"NAG(scale={self.scale}, tau={self.tau}, alpha={self.alpha}, start={self.start}, end={self.end}, "
                 f"negative tokens={[len(f) for f in self.negative]})")
 
+    @property
+    def is_noop(self) -> bool:
+        """Scale 0, alpha 0 or an empty range: the output equals the run without NAG (no patch needed)."""
+        return self.scale == 0.0 or self.alpha == 0.0 or self.end <= self.start
+
     def check(self, dit) -> None:
         dim = dit.cfg.cap_feat_dim
         for f in self.negative:
