@@ -7,6 +7,8 @@ main layers (bf16, 2 + 2 refiner blocks as ComfyUI builds them). Each contender 
 turns (ours, native, ours, native, ...):
   native  comfy.sd.load_diffusion_model (what UNETLoader does) -> KSampler (euler / simple)
   ours    zimage_core.load_dit -> ZImageDiTToModel's MODEL (nodes/host_model.py) -> the same KSampler call
+  ours_blas  the same with ZIMAGE_CPU_GEMM=blas: every fp32 product through F.linear's BLAS as in native, so
+          the table separates what the choice of GEMM library (zimage_core.ops.cpu_gemm) brings from the rest
 Reported: load seconds, sampling seconds (wall), their sum (what a first run of a graph waits), the CPU
 seconds of the sampling (all threads; steadier than wall time on a shared machine), peak RSS (VmHWM, reset
 after the imports) above the RSS after the imports (file-backed pages of memory-mapped weights count as
@@ -44,6 +46,8 @@ def reset_peak() -> None:
 
 
 def child(kind: str, path: str, size: int, steps: int, out: str) -> None:
+    if kind == "ours_blas":
+        os.environ["ZIMAGE_CPU_GEMM"] = "blas"
     sys.path.insert(0, str(HERE))
     from workflow_support import load_pack  # the pack first: its host adapter stays standalone
 
@@ -63,6 +67,7 @@ def child(kind: str, path: str, size: int, steps: int, out: str) -> None:
     reset_peak()
     base = status("VmRSS")
     t0 = time.perf_counter()
+    gemm = "blas"  # F.linear
     if kind == "native":
         model = comfy.sd.load_diffusion_model(path)
     else:
@@ -70,6 +75,7 @@ def child(kind: str, path: str, size: int, steps: int, out: str) -> None:
         dit = importlib.import_module(pack.__name__ + ".zimage_core.dit_loader").load_dit(path)
         patched = importlib.import_module(pack.__name__ + ".zimage_core.patching").PatchedDiT(dit)
         model = hm.as_model(patched, torch.device("cpu"), torch.device("cpu"))
+        gemm = importlib.import_module(pack.__name__ + ".zimage_core.ops").cpu_gemm()
     load_s = time.perf_counter() - t0
     g = torch.Generator().manual_seed(0)
     pos = [[torch.randn(1, 32, CAP_DIM, generator=g), {}]]
@@ -82,7 +88,7 @@ def child(kind: str, path: str, size: int, steps: int, out: str) -> None:
                                 disable_pbar=True)
     sample_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     torch.save(x.float(), out)
-    print(json.dumps({"load_s": load_s, "sample_s": sample_s, "load_plus_sample_s": load_s + sample_s,
+    print(json.dumps({"gemm": gemm, "load_s": load_s, "sample_s": sample_s, "load_plus_sample_s": load_s + sample_s,
                       "sample_cpu_s": cpu_s, "peak_rss_above_baseline": status("VmHWM") - base}))
 
 
@@ -111,7 +117,7 @@ def main(argv=None) -> int:
     cfg = DiTConfig(dim=3840, n_layers=a.layers, n_refiner_layers=2, n_heads=30, ffn_dim=10240, cap_feat_dim=CAP_DIM)
     path = tmp / "z_image_wide_bf16.safetensors"
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in random_dit_state(cfg, seed=1).items()}, str(path))
-    runs = {"ours": [], "native": []}
+    runs = {"ours": [], "ours_blas": [], "native": []}
     for r in range(a.repeats):
         for kind in runs:
             out = tmp / f"{kind}.pt"
@@ -121,20 +127,25 @@ def main(argv=None) -> int:
                 print(res.stderr[-3000:], file=sys.stderr)
                 return 1
             runs[kind].append(json.loads(res.stdout.strip().splitlines()[-1]))
-    x_ours, x_native = torch.load(tmp / "ours.pt"), torch.load(tmp / "native.pt")
-    med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in runs.items()}
+    x_native = torch.load(tmp / "native.pt")
+    metrics = ("load_s", "sample_s", "load_plus_sample_s", "sample_cpu_s", "peak_rss_above_baseline")
+    med = {k: {m: statistics.median(r[m] for r in v) for m in metrics} for k, v in runs.items()}
     result = {"layers": a.layers, "size": a.size, "steps": a.steps, "repeats": a.repeats,
-              "file_bytes": path.stat().st_size, "median": med,
-              "ratios_ours_over_native": {m: med["ours"][m] / med["native"][m] for m in med["ours"]},
-              "max_abs_latent_diff": (x_ours - x_native).abs().max().item(),
+              "file_bytes": path.stat().st_size, "ours_gemm": runs["ours"][0]["gemm"], "median": med,
+              "ratios_ours_over_native": {m: med["ours"][m] / med["native"][m] for m in metrics},
+              "ratios_ours_blas_over_native": {m: med["ours_blas"][m] / med["native"][m] for m in metrics},
+              "max_abs_latent_diff": {k: (torch.load(tmp / f"{k}.pt") - x_native).abs().max().item()
+                                      for k in ("ours", "ours_blas")},
               "latent_abs_max": x_native.abs().max().item()}
-    print(f"{'':28s} {'ours':>10s} {'native':>10s} {'ours/native':>12s}")
-    for m in ("load_s", "sample_s", "load_plus_sample_s", "sample_cpu_s", "peak_rss_above_baseline"):
-        o, n = med["ours"][m], med["native"][m]
+    print(f"{'':24s} {'ours':>9s} {'ours_blas':>10s} {'native':>9s} {'ours/native':>12s} {'blas/native':>12s}")
+    for m in metrics:
+        o, b, n = med["ours"][m], med["ours_blas"][m], med["native"][m]
         scale = 2**20 if m.startswith("peak") else 1
-        print(f"{m:28s} {o / scale:10.2f} {n / scale:10.2f} {o / n:12.2f}")
-    print(f"file {result['file_bytes'] / 2**20:.0f} MiB; largest latent difference {result['max_abs_latent_diff']:.2e} "
-          f"(latent max {result['latent_abs_max']:.2f})")
+        print(f"{m:24s} {o / scale:9.2f} {b / scale:10.2f} {n / scale:9.2f} {o / n:12.2f} {b / n:12.2f}")
+    diff = result["max_abs_latent_diff"]
+    print(f"file {result['file_bytes'] / 2**20:.0f} MiB; ours computed its fp32 products with {result['ours_gemm']}; "
+          f"largest latent difference to native {diff['ours']:.2e} (ours), {diff['ours_blas']:.2e} (ours_blas), "
+          f"latent max {result['latent_abs_max']:.2f}")
     Path(a.out).write_text(json.dumps(result, indent=1))
     path.unlink()
     return 0

@@ -89,7 +89,10 @@ def test_memory_mapped_and_read_loads_give_identical_weights(dit_files):
         assert all(torch.equal(x, y) for x, y in zip(mapped(xs, t, caps), read(xs, t, caps)))
 
 
-def test_inference_and_autograd_forwards_agree_and_backward_works(dit_files):
+def test_inference_and_autograd_forwards_agree_and_backward_works(dit_files, monkeypatch):
+    from zimage_core import ops
+
+    monkeypatch.setattr(ops, "_gemm", "blas")  # the one GEMM library in both modes (oneDNN serves inference only)
     cfg, d, _ = dit_files
     m = load_dit(d / "native.safetensors", "fp32")
     xs, caps, t = mixed_batch(cfg, seed=8)
@@ -322,3 +325,45 @@ def test_cpu_weight_casts_in_the_reused_workspace_equal_fresh_casts(stored):
         small(big(xg)).sum().backward()
         assert ops._WS.buffers == {}
     assert xg.grad is not None
+
+
+@pytest.mark.parametrize("gemm", ["onednn", "blas"])
+def test_cpu_linear_gives_the_fp32_product_with_either_gemm_library(gemm, monkeypatch):
+    """Large fp32 CPU products may go to oneDNN instead of F.linear's BLAS (ops.cpu_gemm): both are fp32
+    products, equal to the float64 result within fp32 rounding, on the whole-weight, workspace and row-chunk
+    paths alike."""
+    from zimage_core import ops
+
+    monkeypatch.setattr(ops, "_gemm", gemm)
+    g = torch.Generator().manual_seed(0)
+    lin = ops.Linear(384, 512)  # 196608 weight elements: above ONEDNN_MIN_ELEMENTS
+    lin.weight.data = torch.randn(512, 384, generator=g).div(20).to(torch.bfloat16)
+    lin.bias.data = torch.randn(512, generator=g)
+    x = torch.randn(2, 37, 384, generator=g)
+    want = torch.nn.functional.linear(x.double(), lin.weight.double(), lin.bias.double())
+    tol = 1e-6 * (x.double().abs() @ lin.weight.double().abs().t()).max()
+    with torch.no_grad():
+        outs = [lin(x)]
+        with ops.cast_workspace():
+            outs.append(lin(x))
+        monkeypatch.setattr(ops, "CPU_CHUNK_ELEMENTS", 50_000)  # 130 rows per chunk, 4 chunks
+        outs.append(lin(x))
+    for y in outs:
+        assert y.dtype == torch.float32 and (y.double() - want).abs().max() <= tol
+
+
+def test_cpu_gemm_choice_follows_the_environment_and_names_a_bad_value(monkeypatch):
+    from zimage_core import ops
+    from zimage_core.errors import InputError
+
+    for value in ("onednn", "blas", " BLAS "):
+        monkeypatch.setattr(ops, "_gemm", None)
+        monkeypatch.setenv("ZIMAGE_CPU_GEMM", value)
+        assert ops.cpu_gemm() == value.strip().lower()
+    monkeypatch.setattr(ops, "_gemm", None)
+    monkeypatch.setenv("ZIMAGE_CPU_GEMM", "mkl")
+    with pytest.raises(InputError, match="ZIMAGE_CPU_GEMM='mkl'.*auto, onednn, blas"):
+        ops.cpu_gemm()
+    monkeypatch.setattr(ops, "_gemm", None)
+    monkeypatch.setenv("ZIMAGE_CPU_GEMM", "auto")
+    assert ops.cpu_gemm() in ("onednn", "blas")  # measured: the library that is faster here

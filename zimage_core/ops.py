@@ -9,11 +9,15 @@ similar adapters attach as runtime `patches` that never modify the stored weight
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .errors import InputError
 
 # On the CPU a weight stored in another form than the compute dtype (bf16/fp8 cast, GGUF blocks) is expanded
 # this many elements at a time (16 MiB in fp32): rows of the weight go through dequantization and the matmul
@@ -21,6 +25,74 @@ from torch import nn
 # of the dequantizers' whole-matrix temporaries exist at once, and chunks below glibc's mmap threshold are
 # reused from the heap rather than faulted in afresh for every layer.
 CPU_CHUNK_ELEMENTS = 1 << 22
+
+
+# CPU fp32 matrix products of at least this many weight elements may go to oneDNN (see `cpu_gemm`); smaller
+# ones stay with F.linear, whose call overhead is lower.
+ONEDNN_MIN_ELEMENTS = 1 << 16
+_GEMM_CHOICES = ("auto", "onednn", "blas")
+_gemm: str | None = None  # "onednn" or "blas" once decided
+
+
+def _onednn_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y = x w^T + b through oneDNN's fp32 matmul (the op PyTorch's CPU compiler uses for linear layers)."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+
+
+def _measure_gemm() -> str:
+    """'onednn' when oneDNN's fp32 matmul gives F.linear's result (within fp32 rounding) faster on this CPU."""
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(256, 1024, generator=g)
+        w = torch.randn(1024, 1024, generator=g) / 32.0
+        ref = F.linear(x, w)
+        if (_onednn_linear(x, w, None) - ref).abs().max() > 1e-5 * ref.abs().max():
+            return "blas"
+
+        def best(f):
+            f()
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                f()
+                times.append(time.perf_counter() - t0)
+            return min(times)
+
+        t_blas, t_dnn = best(lambda: F.linear(x, w)), best(lambda: _onednn_linear(x, w, None))
+    except (RuntimeError, AttributeError):  # a PyTorch without this op or without oneDNN
+        return "blas"
+    return "onednn" if t_dnn < 0.9 * t_blas else "blas"
+
+
+def cpu_gemm() -> str:
+    """Which library computes the CPU's large fp32 linear layers: "onednn" or "blas" (F.linear: MKL/OpenBLAS).
+
+    Both are exact fp32 products (results differ by rounding order only, ~1e-7 relative), but their speed
+    depends on the CPU: on AMD EPYC (Zen 5) with PyTorch's MKL build, oneDNN's AVX-512 kernels took 0.41-0.56x
+    MKL's sgemm time on the DiT's shapes; on CPUs where MKL is at its peak the two are close. So it is measured
+    once per process (a 256x1024x1024 product, about 30 ms) unless ZIMAGE_CPU_GEMM says "onednn" or "blas".
+    """
+    global _gemm
+    if _gemm is None:
+        choice = os.environ.get("ZIMAGE_CPU_GEMM", "auto").strip().lower() or "auto"
+        if choice not in _GEMM_CHOICES:
+            raise InputError(f"ZIMAGE_CPU_GEMM={choice!r}; expected one of {', '.join(_GEMM_CHOICES)}.")
+        _gemm = _measure_gemm() if choice == "auto" else choice
+    return _gemm
+
+
+def _use_onednn(x: torch.Tensor, weight_elements: int) -> bool:
+    """Whether an fp32 CPU inference product with a weight of this size goes to oneDNN (decided per layer: the
+    row chunks of one layer all take the library its whole weight would)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight_elements >= ONEDNN_MIN_ELEMENTS
+            and not torch.is_grad_enabled() and not torch.compiler.is_compiling() and cpu_gemm() == "onednn")
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, with large fp32 CPU inference products through the faster library (`cpu_gemm`)."""
+    if w.dtype == torch.float32 and _use_onednn(x, w.numel()):
+        return _onednn_linear(x, w, bias)
+    return F.linear(x, w, bias)
 
 
 class _Workspace(threading.local):
@@ -122,19 +194,23 @@ class Linear(nn.Linear):
             if w is not None and self.scale_weight is not None:
                 w.mul_(self.scale_weight.to(dtype=x.dtype))
         if w is not None:
-            y = F.linear(x, w, bias)
+            y = linear(x, w, bias)
         elif rows := self._chunk_rows(x):
             x2 = x.reshape(-1, self.in_features)
             y = torch.empty(*x.shape[:-1], self.out_features, dtype=x.dtype, device=x.device)
             y2 = y.view(-1, self.out_features)
+            dnn = _use_onednn(x2, self.out_features * self.in_features)
             for r in range(0, self.out_features, rows):
                 w = self._rows(r, min(r + rows, self.out_features), x.dtype)
-                if bias is None:
-                    torch.mm(x2, w.t(), out=y2[:, r:r + w.shape[0]])
+                b, out = None if bias is None else bias[r:r + w.shape[0]], y2[:, r:r + w.shape[0]]
+                if dnn:
+                    out.copy_(_onednn_linear(x2, w, b))
+                elif b is None:
+                    torch.mm(x2, w.t(), out=out)
                 else:
-                    torch.addmm(bias[r:r + w.shape[0]], x2, w.t(), out=y2[:, r:r + w.shape[0]])
+                    torch.addmm(b, x2, w.t(), out=out)
         else:
-            y = F.linear(x, self.compute_weight(x.dtype), bias)
+            y = linear(x, self.compute_weight(x.dtype), bias)
         for patch in self.patches:
             y = patch(x, y)
         return y
