@@ -250,8 +250,9 @@ def load_to_device(patchers, memory_required: int = 0) -> None:
     patchers = [p for p in patchers if p is not None]
     if not patchers or not IN_COMFYUI:
         return
-    # force_full_load: our layers are not comfy.ops layers, so a partial (lowvram) load would leave weights
-    # on the CPU behind ComfyUI's back.
+    # force_full_load: what of the DiT stays on the GPU is the memory preset's decision (block streaming
+    # brings in the rest), so ComfyUI loads the managed part whole. (Our layers would take a partial load:
+    # they speak ComfyUI's cast-weights protocol, ops.HostCast, which the MODEL bridge relies on.)
     mm.load_models_gpu(patchers, memory_required=int(memory_required), force_full_load=True)
 
 

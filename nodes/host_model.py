@@ -24,13 +24,15 @@ import torch
 import torch.nn as nn
 
 import comfy.model_base  # type: ignore
+import comfy.model_management  # type: ignore
 import comfy.model_patcher  # type: ignore
 import comfy.supported_models  # type: ignore
+import comfy.utils  # type: ignore
 
 import weakref
 
 from ..zimage_core.errors import InputError
-from ..zimage_core.ops import cast_workspace
+from ..zimage_core.ops import HostCast, cast_workspace
 from ..zimage_core.patching import PatchedDiT
 
 # Lumina2 block patch points our DiT honours (comfy/ldm/lumina/model.py calls them after each block).
@@ -99,12 +101,14 @@ class NextDiTAdapter(nn.Module):
                     controls["nag"] = controls["nag"].only(rows)
                 else:  # a batch of CFG negatives only
                     del controls["nag"]
-            ctx = dit.encode_context(list(context.unbind(0)))  # NextDiT uses every row of the context
+            # NextDiT uses every row of the context; computed where ComfyUI put the input (a partial load may
+            # leave any layer on the offload device)
+            ctx = dit.encode_context(list(context.unbind(0)), x.device)
             transform = controls.pop("context", None)
             if transform is not None:
                 ctx = transform(ctx)
             hook = self._block_hook(patches, x, transformer_options, ctx)
-            out = dit(x, t, ctx, block_hook=hook, **controls)
+            out = dit(x, t, ctx, block_hook=hook, device=x.device, **controls)
         return -out.to(x.dtype)
 
     def _block_hook(self, patches: dict, x: torch.Tensor, transformer_options: dict, ctx):
@@ -159,6 +163,97 @@ def native_pe(rot: torch.Tensor) -> torch.Tensor:
     return torch.stack((c, -s, s, c), dim=-1).unflatten(-1, (2, 2)).unsqueeze(2)
 
 
+def _module_of(entry) -> nn.Module:
+    """The module of one entry of ModelPatcher._load_list (a tuple whose layout differs between versions)."""
+    return next(e for e in entry if isinstance(e, nn.Module))
+
+
+def _one_per_key(functions) -> list:
+    """Patch functions without a second one for the same weight key (functions without a key are kept)."""
+    out, keys = [], set()
+    for f in functions:
+        key = getattr(f, "key", None)
+        if key is None or key not in keys:
+            out.append(f)
+            keys.add(key)
+    return out
+
+
+class ZImageModelPatcher(comfy.model_patcher.ModelPatcher):
+    """ComfyUI's ModelPatcher for this pack's DiT (clones keep the class). Two things differ from the base class:
+
+    - A weight patch (LoraLoaderModelOnly, ...) on a layer whose stored tensor cannot take it in place is applied
+      on the fly, the way ComfyUI applies patches to the layers its lowvram mode leaves on the CPU: through the
+      layer's `weight_function` / `bias_function` (ops.HostCast). Such layers: GGUF blocks, scaled fp8 and
+      comfy_quant weights (the patch belongs to the dequantized weight), and the blocks that block streaming
+      copies in for each step.
+    - With block streaming (a memory preset of ZImageDiTLoader), ComfyUI loads, moves and counts only the
+      resident part (the ModelPatcher's size excludes the streamed blocks); the streamed blocks stay with the
+      streamer, which brings them to the GPU one at a time during each forward.
+    Layers of plain float weights outside streamed blocks are patched in place as ComfyUI does for its own.
+    """
+
+    def _streamed(self) -> set[int]:
+        streamer = getattr(self.model.diffusion_model.dit, "block_streamer", None)
+        return set() if streamer is None else {id(m) for b in streamer.sequence for m in b.modules()}
+
+    def _layer(self, key: str):
+        """(our layer, parameter name) of a state-dict key, or (None, name) for anything else."""
+        path, _, name = key.rpartition(".")
+        try:
+            m = comfy.utils.get_attr(self.model, path)
+        except AttributeError:
+            return None, name
+        return (m if isinstance(m, HostCast) and name in ("weight", "bias") else None), name
+
+    def _on_the_fly(self, m, streamed: set[int]) -> bool:
+        return getattr(m, "quant", None) is not None or getattr(m, "scale_weight", None) is not None or id(m) in streamed
+
+    def patch_weight_to_device(self, key, device_to=None, inplace_update=False, return_weight=False):
+        m, name = self._layer(key)
+        if key not in self.patches or m is None or not self._on_the_fly(m, self._streamed()):
+            return super().patch_weight_to_device(key, device_to=device_to, inplace_update=inplace_update,
+                                                  return_weight=return_weight)
+        patch = comfy.model_patcher.LowVramPatch(key, self.patches)
+        if return_weight:  # the patched weight itself, in the compute dtype (a packed form cannot hold it)
+            w = m.compute_weight(torch.float32, device_to) if name == "weight" else m.bias.to(device_to, torch.float32)
+            return patch(w.clone())
+        attr = name + "_function"
+        setattr(m, attr, [f for f in getattr(m, attr) if getattr(f, "key", None) != key] + [patch])
+        return getattr(m, name)
+
+    def _load_list(self, *args, **kwargs):
+        entries = super()._load_list(*args, **kwargs)
+        streamed = self._streamed()
+        return [e for e in entries if id(_module_of(e)) not in streamed] if streamed else entries
+
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False, **kwargs):
+        streamed = self._streamed()
+        if streamed and full_load:  # a full load moves the whole module tree: load every resident layer instead
+            full_load, lowvram_model_memory = False, 1e32
+        out = super().load(device_to, lowvram_model_memory=lowvram_model_memory,
+                           force_patch_weights=force_patch_weights, full_load=full_load, **kwargs)
+        for key in self.patches:  # streamed layers are not in the load list: their patches go on here
+            m, _ = self._layer(key)
+            if m is not None and id(m) in streamed:
+                self.patch_weight_to_device(key, device_to)
+        return out
+
+    def partially_unload(self, *args, **kwargs):
+        freed = super().partially_unload(*args, **kwargs)
+        for m in self.model.modules():  # ComfyUI adds its own copy of a patch we apply on the fly already
+            if isinstance(m, HostCast):
+                m.weight_function, m.bias_function = _one_per_key(m.weight_function), _one_per_key(m.bias_function)
+        return freed
+
+    def unpatch_model(self, device_to=None, unpatch_weights=True):
+        if unpatch_weights:
+            for m in self.model.modules():
+                if isinstance(m, HostCast) and (m.weight_function or m.bias_function):
+                    m.weight_function, m.bias_function = [], []
+        return super().unpatch_model(device_to=device_to, unpatch_weights=unpatch_weights)
+
+
 def model_config(dit):
     """ComfyUI's Z-Image model config for this DiT (no NextDiT is built: the adapter is the diffusion model)."""
     cfg = dit.cfg
@@ -179,7 +274,9 @@ def as_model(patched: PatchedDiT, load_device: torch.device, offload_device: tor
         base = comfy.model_base.Lumina2(model_config(dit), device=offload_device)
         base.diffusion_model = NextDiTAdapter(dit)
         base.eval()
-        root = comfy.model_patcher.ModelPatcher(base, load_device=load_device, offload_device=offload_device)
+        streamer = getattr(dit, "block_streamer", None)
+        size = comfy.model_management.module_size(base) - (streamer.streamed_bytes() if streamer else 0)
+        root = ZImageModelPatcher(base, load_device=load_device, offload_device=offload_device, size=size)
         _PATCHERS[dit] = root
     model = root.clone()
     model.model_options = dict(model.model_options)

@@ -123,6 +123,96 @@ def test_lora_loader_model_only_on_our_model_equals_our_lora_node(bridge, style,
     assert (ksample(our_model(bridge), cond(1), latent) - base).abs().max() == 0
 
 
+def lora_file(bridge, tmp_path, style="native_dm"):
+    f = tmp_path / f"{style}.safetensors"
+    save_file(style_file(random_lora(bridge["state"], seed=10), style), str(f))
+    return f
+
+
+def comfy_lora(model, f, strength=0.8):
+    """LoraLoaderModelOnly's call."""
+    return comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(str(f)), strength, 0)[0]
+
+
+def test_a_partial_load_of_our_model_applies_loraloadermodelonly_on_the_fly_with_the_full_load_result(
+        bridge, tmp_path, monkeypatch):
+    """When the MODEL does not fit (--lowvram, --novram, a small GPU) ComfyUI loads it partially: the layers it
+    leaves behind compute their weight per call with the LoRA applied by ComfyUI's patch functions (ops.HostCast),
+    the others are patched in place. Forced here with a small budget on the CPU: same latents as the full load,
+    and unloading leaves the weights as loaded."""
+    import comfy.model_management as mm
+
+    dit, f = bridge["patched"].dit, lora_file(bridge, tmp_path)
+    loaded = {k: v.clone() for k, v in dit.state_dict().items()}
+    full = ksample(comfy_lora(our_model(bridge), f), cond(1), LATENT[:1])
+    bridge["hm"].release(dit)
+    load = mm.LoadedModel.model_load
+    monkeypatch.setattr(mm.LoadedModel, "model_load", lambda self, lowvram_model_memory=0, force_patch_weights=False:
+                        load(self, 4 << 20, force_patch_weights))  # 4 MiB of the tiny DiT's ~20 MiB
+    model = comfy_lora(our_model(bridge), f)
+    part = ksample(model, cond(1), LATENT[:1])
+    behind = [m for m in dit.modules() if getattr(m, "comfy_cast_weights", False)]
+    assert model.model.model_lowvram and behind  # a partial load happened
+    assert any(m.weight_function for m in behind)  # the LoRA of those layers is applied per call
+    assert (part - full).abs().max() <= 1e-5 * full.abs().max()
+    bridge["hm"].release(dit)
+    assert all(torch.equal(v, loaded[k]) for k, v in dit.state_dict().items())
+    assert not any(getattr(m, "comfy_cast_weights", False) or getattr(m, "weight_function", ()) for m in dit.modules())
+
+
+def test_loraloadermodelonly_on_a_gguf_dit_model_patches_the_dequantized_weights_like_our_lora_node(
+        bridge, tmp_path):
+    """GGUF blocks (and scaled fp8 / comfy_quant weights) cannot take a patch in place: ComfyUI's LoRA on such a
+    MODEL is applied to the dequantized weight at each call, and equals our LoRA node on the same file."""
+    from zimage_core.tiny.quantized import write_gguf_dit
+
+    mod = bridge["mod"]
+    path = write_gguf_dit(tmp_path / "dit_q8.gguf", bridge["state"], "Q8_0")
+    dit = mod("zimage_core.dit_loader").load_dit(path)
+    patched = mod("zimage_core.patching").PatchedDiT(dit)
+    packed = dit.layers[0].feed_forward.w1.weight
+    assert packed.dtype == torch.uint8
+    before = packed.clone()
+    f = lora_file(bridge, tmp_path)
+    (with_lora,) = mod("nodes.lora").ZImageLoraLoader().apply(patched, str(f), 0.8)
+    ref = ksample(our_model({**bridge, "patched": with_lora}), cond(1), LATENT[:1])
+    base = ksample(our_model({**bridge, "patched": patched}), cond(1), LATENT[:1])
+    got = ksample(comfy_lora(our_model({**bridge, "patched": patched}), f), cond(1), LATENT[:1])
+    assert (ref - base).abs().max() > 1e-2
+    assert (got - ref).abs().max() <= 1e-3 * ref.abs().max()
+    assert torch.equal(dit.layers[0].feed_forward.w1.weight, before)  # the packed blocks were never rewritten
+    bridge["hm"].release(dit)
+    assert not dit.layers[0].feed_forward.w1.weight_function
+
+
+def test_with_block_streaming_comfyui_manages_only_the_resident_part_and_loras_reach_the_streamed_blocks(
+        bridge, tmp_path):
+    """A DiT loaded with a memory preset streams blocks; as a MODEL, ComfyUI loads, moves and counts only the
+    resident part, and LoraLoaderModelOnly's patches reach the streamed blocks on the fly (the streamer's host
+    copies are never rewritten). Streamed here on the CPU (the copies are real, the device is the same)."""
+    mod = bridge["mod"]
+    dit = mod("zimage_core.dit_loader").load_dit(bridge["dir"] / "dit.safetensors")
+    streamer = mod("zimage_core.offload").enable_block_offload(dit, 2, "cpu")
+    patched = mod("zimage_core.patching").PatchedDiT(dit)
+    env = {**bridge, "patched": patched}
+    f = lora_file(bridge, tmp_path)
+    plain = comfy_lora(our_model(bridge), f)
+    want = ksample(plain, cond(1), LATENT[:1])
+    bridge["hm"].release(bridge["patched"].dit)
+    streamed_block = streamer.sequence[-1]
+    host = [(p.data_ptr(), p.clone()) for p in streamed_block.parameters()]
+    model = comfy_lora(our_model(env), f)
+    assert model.model_size() == comfy.model_management.module_size(model.model) - streamer.streamed_bytes()
+    got = ksample(model, cond(1), LATENT[:1])
+    assert streamer.fetches > 0
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    # the streamed block's parameters point at the same host copies as before, unpatched
+    assert all(p.data_ptr() == ptr and torch.equal(p, v) for p, (ptr, v) in zip(streamed_block.parameters(), host))
+    loaded = bridge["state"]["layers.1.feed_forward.w1.weight"]
+    assert torch.equal(dit.layers[1].feed_forward.w1.weight, loaded)
+    bridge["hm"].release(dit)
+
+
 def test_native_block_patches_act_on_our_dit_as_on_nextdit(bridge):
     calls = []
 

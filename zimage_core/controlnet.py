@@ -265,7 +265,7 @@ def _per_sample(t: torch.Tensor, B: int, what: str) -> list[torch.Tensor]:
 def _hints(ctl: Control, dit: ZImageDiT, x_pre, x_mask, x_rot, x_ref, unified, mask, rot, context, n_img, sizes, c):
     net, dtype = ctl.net, dit.compute_dtype
     B = len(n_img)
-    pad = dit.x_pad_token.to(dtype)
+    pad = dit.x_pad_token.to(device=x_pre.device, dtype=dtype)
     p = dit.cfg.patch_size
     h0, w0 = sizes[0]
     latents = _per_sample(ctl.latent_for(h0 * p, w0 * p).to(x_pre.device), B, "control latents")
@@ -326,7 +326,7 @@ def _image_refiner(ctl: Control, dit: ZImageDiT, x_pre, x_rot, n_img, sizes, c):
     net, dtype = ctl.net, dit.compute_dtype
     hw = sizes[0][0] * sizes[0][1]
     lat = _image_latents(ctl, dit, sizes, len(n_img), x_pre.device)
-    cc = torch.stack([net.embed(lt, dtype, dit.x_pad_token.to(dtype))[:hw] for lt in lat])
+    cc = torch.stack([net.embed(lt, dtype, dit.x_pad_token.to(device=x_pre.device, dtype=dtype))[:hw] for lt in lat])
     x, rot = x_pre[:, :hw], x_rot[:, :hw]
     hints = {}
     if net.cfg.variant == "plain":

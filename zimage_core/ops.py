@@ -139,7 +139,32 @@ def _cast_into_workspace(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | 
     return buf[: w.numel()].view(w.shape).copy_(w)
 
 
-class Linear(nn.Linear):
+class HostCast:
+    """ComfyUI's partial-load protocol of its own layers (comfy.ops), spoken by ours so that a ComfyUI MODEL of
+    this DiT loads like a native one under --lowvram / --novram or when it does not fit:
+
+    - `comfy_cast_weights`: ComfyUI's ModelPatcher sets it on the layers it leaves on the offload device;
+    - `weight_function` / `bias_function`: weight patches (e.g. LoRA from LoraLoaderModelOnly) to apply to the
+      weight as computed for a call (ComfyUI puts them here for such layers, and nodes/host_model.py for
+      layers whose stored tensor cannot take a patch: packed, scaled or streamed weights).
+
+    Whenever a function is set, or a parameter is on another device than the input, the layer computes its
+    weight on the input's device for the call. Outside ComfyUI nothing sets them.
+    """
+
+    comfy_cast_weights = False
+    weight_function: list | tuple = ()
+    bias_function: list | tuple = ()
+
+    def _host_param(self, t: torch.Tensor, x: torch.Tensor, functions) -> torch.Tensor:
+        """A plain parameter (bias, norm weight) on x's device and dtype with the patch functions applied."""
+        t = t.to(device=x.device, dtype=x.dtype, copy=bool(functions))
+        for f in functions:
+            t = f(t)
+        return t
+
+
+class Linear(HostCast, nn.Linear):
     """`nn.Linear` that computes in the input's dtype and carries runtime output patches.
 
     `patches` is a list of callables `patch(x, y) -> y'`, applied in order after the base projection
@@ -157,10 +182,16 @@ class Linear(nn.Linear):
         self.patches: list = []
         self.quant = None
 
-    def compute_weight(self, dtype: torch.dtype) -> torch.Tensor:
+    def compute_weight(self, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+        """The [out, in] weight in `dtype` (dequantized, scaled), on `device` (default: where it is stored;
+        packed weights move packed and are dequantized there)."""
+        w = self.weight if device is None else self.weight.to(device, non_blocking=True)
         if self.quant is not None:
-            return self.quant.dequantize(self.weight, dtype, self)
-        return self._rows(0, self.out_features, dtype)
+            return self.quant.dequantize(w, dtype, self)
+        w = w.to(dtype)
+        if self.scale_weight is not None:
+            w = w * self.scale_weight.to(device=w.device, dtype=dtype)
+        return w
 
     def _rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
         """Rows start:stop of the weight in `dtype` (row-wise formats: plain, scaled fp8, GGUF blocks)."""
@@ -187,6 +218,8 @@ class Linear(nn.Linear):
         return max(1, CPU_CHUNK_ELEMENTS // self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_function or self.bias_function or self.weight.device != x.device:
+            return self._host_forward(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         w = None
         if self.quant is None and x.device.type == "cpu":
@@ -215,14 +248,30 @@ class Linear(nn.Linear):
             y = patch(x, y)
         return y
 
+    def _host_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight computed on x's device for this call, ComfyUI's patch functions applied (see HostCast)."""
+        w = self.compute_weight(x.dtype, x.device)
+        if self.weight_function:
+            if w.untyped_storage().data_ptr() == self.weight.untyped_storage().data_ptr():
+                w = w.clone()  # the functions may update it in place; the stored weight must stay as loaded
+            for f in self.weight_function:
+                w = f(w)
+        bias = None if self.bias is None else self._host_param(self.bias, x, self.bias_function)
+        y = linear(x, w, bias)
+        for patch in self.patches:
+            y = patch(x, y)
+        return y
 
-class RMSNorm(nn.Module):
+
+class RMSNorm(HostCast, nn.Module):
     """RMSNorm with the mean square in fp32 (diffusers' variant of the reference norm).
 
     Besides the plain norm it offers the two fused forms the S3-DiT blocks need, each one pass fewer
     over the activations than norm-then-multiply: `modulated` (x normalised times weight*scale) and
     `gated_residual` (residual + gate * norm(y)).
     """
+
+    bias = None  # ComfyUI's loader asks every layer that speaks HostCast for its bias
 
     def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
@@ -235,16 +284,19 @@ class RMSNorm(nn.Module):
         ms = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square() / x.shape[-1]  # [..., 1]
         return (xf * (ms + self.eps).rsqrt()).to(x.dtype)
 
+    def _weight(self, x: torch.Tensor) -> torch.Tensor:
+        return self._host_param(self.weight, x, self.weight_function)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.normalized(x).mul_(self.weight.to(x.dtype))
+        return self.normalized(x).mul_(self._weight(x))
 
     def modulated(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """norm(x) * scale, scale broadcasting over tokens (e.g. [B, 1, D] = 1 + adaLN scale)."""
-        return self.normalized(x).mul_(self.weight.to(x.dtype) * scale)
+        return self.normalized(x).mul_(self._weight(x) * scale)
 
     def gated_residual(self, residual: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """residual + gate * norm(y), gate broadcasting over tokens."""
-        return torch.addcmul(residual, self.normalized(y), self.weight.to(y.dtype) * gate)
+        return torch.addcmul(residual, self.normalized(y), self._weight(y) * gate)
 
 
 class Embedding(nn.Embedding):

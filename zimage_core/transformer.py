@@ -248,14 +248,14 @@ class ZImageDiT(nn.Module):
         return self._rope(("img", lp, ht, wt, str(device)), ids)
 
     # -- text side ---------------------------------------------------------------------------------
-    def encode_context(self, cap_feats: list[torch.Tensor]) -> Context:
-        """Caption features [L_i, cap_feat_dim] -> refined caption tokens (run once per prompt)."""
+    def encode_context(self, cap_feats: list[torch.Tensor], device: torch.device | None = None) -> Context:
+        """Caption features [L_i, cap_feat_dim] -> refined caption tokens (run once per prompt), computed on
+        `device` (default: where the DiT's pad tokens are)."""
         with cast_workspace():
-            return self._encode_context(cap_feats)
+            return self._encode_context(cap_feats, device or self.x_pad_token.device)
 
-    def _encode_context(self, cap_feats: list[torch.Tensor]) -> Context:
+    def _encode_context(self, cap_feats: list[torch.Tensor], device: torch.device) -> Context:
         cfg, dtype = self.cfg, self.compute_dtype
-        device = self.x_pad_token.device
         for i, f in enumerate(cap_feats):
             if f.ndim != 2 or f.shape[-1] != cfg.cap_feat_dim or len(f) == 0:
                 raise InputError(
@@ -264,7 +264,7 @@ class ZImageDiT(nn.Module):
                 )
         lens = [len(f) for f in cap_feats]
         emb = self.cap_embedder(torch.cat(cap_feats).to(device=device, dtype=dtype)).split(lens)
-        pad = self.cap_pad_token.to(dtype)
+        pad = self.cap_pad_token.to(device=device, dtype=dtype)
         rows = [torch.cat([e, pad.expand(_round_up(n) - n, -1)]) for e, n in zip(emb, lens)]
         ropes = [self.caption_rope(len(r), device) for r in rows]
         y, rot, mask = _batch(rows, ropes)
@@ -283,6 +283,7 @@ class ZImageDiT(nn.Module):
         control: Callable[..., dict[int, torch.Tensor]] | None = None,
         nag=None,
         block_hook: BlockHook | None = None,
+        device: torch.device | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Network output (x0 - noise) for latents x at model time t = 1 - sigma.
 
@@ -295,23 +296,25 @@ class ZImageDiT(nn.Module):
         the output of noise_refiner block i (ComfyUI-style image-token controls).
         nag: a `nag.NAGGuidance` (normalized attention guidance with a negative caption in the main layers).
         block_hook: see `BlockHook` (the image runs of all samples must then have one length).
+        device: where to compute (default: where the pad tokens are; ComfyUI's MODEL passes its input's device,
+        as its partial loading may leave any layer on the offload device).
         Returns float32 in the layout of x.
         """
         with cast_workspace():  # CPU weight casts reuse one buffer (see ops.cast_workspace)
-            return self._forward(x, t, context, mod_hook, adaln_t, control, nag, block_hook)
+            return self._forward(x, t, context, mod_hook, adaln_t, control, nag, block_hook,
+                                 device or self.x_pad_token.device)
 
-    def _forward(self, x, t, context, mod_hook, adaln_t, control, nag, block_hook):
+    def _forward(self, x, t, context, mod_hook, adaln_t, control, nag, block_hook, device):
         cfg, dtype = self.cfg, self.compute_dtype
         is_list = isinstance(x, (list, tuple))
         latents = [xi.squeeze(1) if xi.ndim == 4 else xi for xi in x] if is_list else list(x.unbind(0))
         if not isinstance(context, Context):
-            context = self.encode_context(context)
+            context = self.encode_context(context, device)
         B = len(latents)
         if len(context) == 1 and B > 1:
             context = context.repeat(B)
         if len(context) != B:
             raise InputError(f"{B} latents but {len(context)} captions; give one caption or one per latent.")
-        device = self.x_pad_token.device
         t = torch.as_tensor(t, dtype=torch.float32, device=device).reshape(-1).expand(B)
         c = self.t_embedder(t if adaln_t is None else torch.as_tensor(adaln_t, device=device).reshape(-1).expand(B), dtype)
 
@@ -327,7 +330,7 @@ class ZImageDiT(nn.Module):
             patches.append(xi.reshape(C, H // p, p, W // p, p).permute(1, 3, 2, 4, 0).reshape(-1, cfg.patch_dim))
         n_tok = [h * w for h, w in sizes]
         emb = self.x_embedder(torch.cat(patches).to(device=device, dtype=dtype)).split(n_tok)
-        pad = self.x_pad_token.to(dtype)
+        pad = self.x_pad_token.to(device=device, dtype=dtype)
         img = [torch.cat([e, pad.expand(_round_up(n) - n, -1)]) for e, n in zip(emb, n_tok)]
         img_rope = [self.image_rope(len(ct), h, w, device) for ct, (h, w) in zip(context.tokens, sizes)]
 
