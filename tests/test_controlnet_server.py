@@ -96,3 +96,42 @@ def test_zimage_fun_controlnet_on_our_model_equals_it_on_the_native_model(server
     assert native.std() > 5
     assert np.abs(plain - native).max() > 10  # the control matters
     assert np.abs(ours - native).max() <= 1
+
+
+
+def test_nag_model_node_refuses_comfyuis_native_model_and_the_server_keeps_serving(server):
+    """ZImageNAGModel patches this pack's DiT only: given UNETLoader's native Z-Image MODEL it fails with a message
+    that names the node input and says what to use instead (not a traceback from inside the sampler), and the
+    same graph with our MODEL then runs on the same server."""
+    from comfyui_host import ExecutionError
+
+    def graph(model):
+        return {
+            "1": {"class_type": "ZImageDiTLoader", "inputs": {"dit_name": DIT, "weight_dtype": "auto"}},
+            "6": {"class_type": "ZImageDiTToModel", "inputs": {"dit": ["1", 0]}},
+            "11": {"class_type": "UNETLoader", "inputs": {"unet_name": DIT, "weight_dtype": "default"}},
+            "2": {"class_type": "ZImageTextEncoderLoader",
+                  "inputs": {"text_encoder_name": "qwen_3_4b_tiny.safetensors", "dtype": "auto", "device": "default"}},
+            "4": {"class_type": "ZImageTextEncode", "inputs": {"text_encoder": ["2", 0], "text": PROMPT}},
+            "7": {"class_type": "ZImageTextEncode", "inputs": {"text_encoder": ["2", 0], "text": "blurry, watermark"}},
+            "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+            "30": {"class_type": "ZImageNAGModel", "inputs": {"model": [model, 0], "negative": ["7", 0], "scale": 5.0,
+                                                             "tau": 2.5, "alpha": 0.25}},
+            "31": {"class_type": "KSampler", "inputs": {"model": ["30", 0], "seed": 3, "steps": 1, "cfg": 1.0,
+                                                        "sampler_name": "euler", "scheduler": "simple",
+                                                        "positive": ["4", 0], "negative": ["4", 0],
+                                                        "latent_image": ["5", 0], "denoise": 1.0}},
+            "32": {"class_type": "SaveLatent", "inputs": {"samples": ["31", 0], "filename_prefix": "nag_model"}},
+        }
+
+    native = graph("11")
+    del native["1"], native["6"]
+    with pytest.raises(ExecutionError) as ei:
+        server.run(native, timeout=900)
+    err = server.execution_error(ei.value.entry)
+    assert err["node_type"] == "ZImageNAGModel", err
+    msg = err["exception_message"]
+    assert "ZImageNAGModel 'model'" in msg and "native Lumina2" in msg and "ZImageDiTToModel" in msg, msg
+    ours = graph("6")
+    del ours["11"]
+    assert server.run(ours, timeout=900)["status"]["status_str"] == "success"
