@@ -222,6 +222,11 @@ class ZImageModelPatcher(comfy.model_patcher.ModelPatcher):
         setattr(m, attr, [f for f in getattr(m, attr) if getattr(f, "key", None) != key] + [patch])
         return getattr(m, name)
 
+    def memory_required(self, input_shape):
+        """ComfyUI's estimate for the activations, plus the streamer's two device slots when blocks stream."""
+        streamer = getattr(self.model.diffusion_model.dit, "block_streamer", None)
+        return super().memory_required(input_shape) + (2 * streamer.slot_bytes if streamer is not None else 0)
+
     def _load_list(self, *args, **kwargs):
         entries = super()._load_list(*args, **kwargs)
         streamed = self._streamed()

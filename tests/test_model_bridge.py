@@ -203,6 +203,8 @@ def test_with_block_streaming_comfyui_manages_only_the_resident_part_and_loras_r
     host = [(p.data_ptr(), p.clone()) for p in streamed_block.parameters()]
     model = comfy_lora(our_model(env), f)
     assert model.model_size() == comfy.model_management.module_size(model.model) - streamer.streamed_bytes()
+    shape = (1, 16, 6, 8)  # ... and reserves the streamer's two slots beside the activations
+    assert model.memory_required(shape) == plain.memory_required(shape) + 2 * streamer.slot_bytes
     got = ksample(model, cond(1), LATENT[:1])
     assert streamer.fetches > 0
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
