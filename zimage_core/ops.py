@@ -70,8 +70,8 @@ def cpu_gemm() -> str:
     Both are exact fp32 products (results differ by rounding order only, ~1e-7 relative), but their speed
     depends on the CPU: on AMD EPYC (Zen 5) with PyTorch's MKL build, oneDNN's AVX-512 kernels took 0.41-0.45x
     MKL's sgemm time on the DiT's shapes (288-1100 tokens); on other CPUs the two may be close (not measured).
-    So it is measured
-    once per process (a 256x1024x1024 product, about 30 ms) unless ZIMAGE_CPU_GEMM says "onednn" or "blas".
+    So it is measured once per process (a 256x1024x1024 product, about 30 ms) unless ZIMAGE_CPU_GEMM says
+    "onednn" or "blas".
     """
     global _gemm
     if _gemm is None:
