@@ -189,19 +189,19 @@ class Linear(HostCast, nn.Linear):
         w = self.weight if device is None else self.weight.to(device, non_blocking=True)
         if self.quant is not None:
             return self.quant.dequantize(w, dtype, self)
-        w = w.to(dtype)
-        if self.scale_weight is not None:
-            w = w * self.scale_weight.to(device=w.device, dtype=dtype)
-        return w
+        return self._scaled(w.to(dtype))
 
     def _rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
         """Rows start:stop of the weight in `dtype` (row-wise formats: plain, scaled fp8, GGUF blocks)."""
         if self.quant is not None:
             return self.quant.dequantize_rows(self.weight[start:stop], dtype)
-        w = self.weight[start:stop].to(dtype)
-        if self.scale_weight is not None:
-            w = w * self.scale_weight.to(device=w.device, dtype=dtype)
-        return w
+        return self._scaled(self.weight[start:stop].to(dtype))
+
+    def _scaled(self, w: torch.Tensor) -> torch.Tensor:
+        """w (the stored weight or rows of it, cast) times the fp8 dequantisation factor, when there is one."""
+        if self.scale_weight is None:
+            return w
+        return w * self.scale_weight.to(device=w.device, dtype=w.dtype)
 
     def _chunk_rows(self, x: torch.Tensor) -> int:
         """Rows per chunk for the CPU path, 0 when the whole weight is used at once: on another device, when
@@ -219,8 +219,15 @@ class Linear(HostCast, nn.Linear):
         return max(1, CPU_CHUNK_ELEMENTS // self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._product(x)
+        for patch in self.patches:
+            y = patch(x, y)
+        return y
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        """x W^T + b of the stored weight (before the runtime patches)."""
         if self.weight_function or self.bias_function or self.weight.device != x.device:
-            return self._host_forward(x)
+            return self._host_product(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         w = None
         if self.quant is None and x.device.type == "cpu":
@@ -245,11 +252,9 @@ class Linear(HostCast, nn.Linear):
                     torch.addmm(b, x2, w.t(), out=out)
         else:
             y = linear(x, self.compute_weight(x.dtype), bias)
-        for patch in self.patches:
-            y = patch(x, y)
         return y
 
-    def _host_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _host_product(self, x: torch.Tensor) -> torch.Tensor:
         """The weight computed on x's device for this call, ComfyUI's patch functions applied (see HostCast)."""
         w = self.compute_weight(x.dtype, x.device)
         if self.weight_function:
@@ -258,10 +263,7 @@ class Linear(HostCast, nn.Linear):
             for f in self.weight_function:
                 w = f(w)
         bias = None if self.bias is None else self._host_param(self.bias, x, self.bias_function)
-        y = linear(x, w, bias)
-        for patch in self.patches:
-            y = patch(x, y)
-        return y
+        return linear(x, w, bias)
 
 
 class RMSNorm(HostCast, nn.Module):
