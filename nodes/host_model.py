@@ -193,9 +193,12 @@ class ZImageModelPatcher(comfy.model_patcher.ModelPatcher):
     Layers of plain float weights outside streamed blocks are patched in place as ComfyUI does for its own.
     """
 
-    def _streamed(self) -> set[int]:
-        streamer = getattr(self.model.diffusion_model.dit, "block_streamer", None)
-        return set() if streamer is None else {id(m) for b in streamer.sequence for m in b.modules()}
+    def _streamer(self):
+        return getattr(self.model.diffusion_model.dit, "block_streamer", None)
+
+    def _streamed(self, m) -> bool:
+        streamer = self._streamer()
+        return streamer is not None and streamer.streams(m)
 
     def _layer(self, key: str):
         """(our layer, parameter name) of a state-dict key, or (None, name) for anything else."""
@@ -206,12 +209,12 @@ class ZImageModelPatcher(comfy.model_patcher.ModelPatcher):
             return None, name
         return (m if isinstance(m, HostCast) and name in ("weight", "bias") else None), name
 
-    def _on_the_fly(self, m, streamed: set[int]) -> bool:
-        return getattr(m, "quant", None) is not None or getattr(m, "scale_weight", None) is not None or id(m) in streamed
+    def _on_the_fly(self, m) -> bool:
+        return getattr(m, "quant", None) is not None or getattr(m, "scale_weight", None) is not None or self._streamed(m)
 
     def patch_weight_to_device(self, key, device_to=None, inplace_update=False, return_weight=False):
         m, name = self._layer(key)
-        if key not in self.patches or m is None or not self._on_the_fly(m, self._streamed()):
+        if key not in self.patches or m is None or not self._on_the_fly(m):
             return super().patch_weight_to_device(key, device_to=device_to, inplace_update=inplace_update,
                                                   return_weight=return_weight)
         patch = comfy.model_patcher.LowVramPatch(key, self.patches)
@@ -224,24 +227,24 @@ class ZImageModelPatcher(comfy.model_patcher.ModelPatcher):
 
     def memory_required(self, input_shape):
         """ComfyUI's estimate for the activations, plus the streamer's two device slots when blocks stream."""
-        streamer = getattr(self.model.diffusion_model.dit, "block_streamer", None)
+        streamer = self._streamer()
         return super().memory_required(input_shape) + (2 * streamer.slot_bytes if streamer is not None else 0)
 
     def _load_list(self, *args, **kwargs):
         entries = super()._load_list(*args, **kwargs)
-        streamed = self._streamed()
-        return [e for e in entries if id(_module_of(e)) not in streamed] if streamed else entries
+        return [e for e in entries if not self._streamed(_module_of(e))] if self._streamer() else entries
 
     def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False, **kwargs):
-        streamed = self._streamed()
-        if streamed and full_load:  # a full load moves the whole module tree: load every resident layer instead
+        streaming = self._streamer() is not None
+        if streaming and full_load:  # a full load moves the whole module tree: load every resident layer instead
             full_load, lowvram_model_memory = False, 1e32
         out = super().load(device_to, lowvram_model_memory=lowvram_model_memory,
                            force_patch_weights=force_patch_weights, full_load=full_load, **kwargs)
-        for key in self.patches:  # streamed layers are not in the load list: their patches go on here
-            m, _ = self._layer(key)
-            if m is not None and id(m) in streamed:
-                self.patch_weight_to_device(key, device_to)
+        if streaming:  # streamed layers are not in the load list: their patches go on here
+            for key in self.patches:
+                m, _ = self._layer(key)
+                if m is not None and self._streamed(m):
+                    self.patch_weight_to_device(key, device_to)
         return out
 
     def partially_unload(self, *args, **kwargs):

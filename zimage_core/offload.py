@@ -98,6 +98,7 @@ class BlockStreamer:
         streamed = set(map(id, order[keep:]))
         # execution order: the context refiner (once per prompt), then noise refiner + layers every step
         self.sequence = [b for b in [*model.context_refiner, *model.noise_refiner, *model.layers] if id(b) in streamed]
+        self._modules = {id(m) for b in self.sequence for m in b.modules()}  # the streamed blocks and their layers
         self.cuda = self.device.type == "cuda"
         pin = self.cuda and torch.cuda.is_available()
         self._host: dict[int, list[tuple[nn.Parameter, torch.Tensor]]] = {}
@@ -143,6 +144,10 @@ class BlockStreamer:
         holder.parts = nn.ModuleList([m.x_embedder, m.t_embedder, m.cap_embedder, m.final_layer, *self.kept])
         holder.tokens = nn.ParameterList([m.x_pad_token, m.cap_pad_token])
         return holder
+
+    def streams(self, module: nn.Module) -> bool:
+        """Whether `module` is (inside) a streamed block: its weights are copied to the device per forward."""
+        return id(module) in self._modules
 
     def streamed_bytes(self) -> int:
         return sum(module_bytes(b) for b in self.sequence)
