@@ -97,12 +97,15 @@ def _interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 15, product=None) -> float:
-    """The best fp32 rate of `repeats` square products (default `a @ b`, PyTorch's BLAS): a peak, so the fastest
-    run, not the median (a median taken during a slow spell of a shared machine once read 102 GFLOP/s against
-    172 normally)."""
+def matmul_peak_gflops(n: int = 2048, repeats: int = 15, ours: bool = False) -> float:
+    """The best fp32 rate of `repeats` square products, through PyTorch's BLAS (`a @ b`) or, with `ours`, through
+    `ops.linear`, the product our layers use (oneDNN or the BLAS, see ops.cpu_gemm): a peak, so the fastest run,
+    not the median (a median taken during a slow spell of a shared machine once read 102 GFLOP/s against 172
+    normally)."""
+    from .ops import linear
+
     a, b = torch.randn(n, n), torch.randn(n, n)
-    product = product or (lambda: a @ b)
+    product = (lambda: linear(a, b)) if ours else (lambda: a @ b)
     with torch.no_grad():
         product()
         best = float("inf")
@@ -111,14 +114,6 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 15, product=None) -> float:
             product()
             best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
-
-
-def linear_peak_gflops(n: int = 2048, repeats: int = 15) -> float:
-    """The same peak through `ops.linear`, the product our layers use (oneDNN or the BLAS, see ops.cpu_gemm)."""
-    from .ops import linear
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return matmul_peak_gflops(n, repeats, lambda: linear(a, b))
 
 
 def dit_forward_flops(cfg: DiTConfig, n_img: int, n_cap: int) -> float:
@@ -328,7 +323,7 @@ def run(name: str, repeats: int, threads: int, workdir: Path | None, only: str |
     from .ops import cpu_gemm
 
     fwd.update(gflop=flops / 1e9, ours_gflops=flops / fwd["ours"] / 1e9, matmul_peak_gflops=matmul_peak_gflops(),
-               linear_peak_gflops=linear_peak_gflops(), cpu_gemm=cpu_gemm())
+               linear_peak_gflops=matmul_peak_gflops(ours=True), cpu_gemm=cpu_gemm())
     result["forward"] = fwd
 
     # 3. stored dtypes (compute fp32 on CPU)
