@@ -4,7 +4,7 @@
 
 ComfyUI builds a Z-Image model only from a 3840-wide DiT, so the file is a full-width random DiT with fewer
 main layers (bf16, 2 + 2 refiner blocks as ComfyUI builds them). Each contender runs in a fresh process, in
-turns (ours, native, ours, native, ...):
+turns (ours, ours_blas, native, ours, ...):
   native  comfy.sd.load_diffusion_model (what UNETLoader does) -> KSampler (euler / simple)
   ours    zimage_core.load_dit -> ZImageDiTToModel's MODEL (nodes/host_model.py) -> the same KSampler call
   ours_blas  the same with ZIMAGE_CPU_GEMM=blas: every fp32 product through F.linear's BLAS as in native, so
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
           f"largest latent difference to native {diff['ours']:.2e} (ours), {diff['ours_blas']:.2e} (ours_blas), "
           f"latent max {result['latent_abs_max']:.2f}")
     Path(a.out).write_text(json.dumps(result, indent=1))
-    path.unlink()
+    shutil.rmtree(tmp)  # the 2 GiB file and the latents
     return 0
 
 
