@@ -266,13 +266,7 @@ def _hints(ctl: Control, dit: ZImageDiT, x_pre, x_mask, x_rot, x_ref, unified, m
     net, dtype = ctl.net, dit.compute_dtype
     B = len(n_img)
     pad = dit.x_pad_token.to(device=x_pre.device, dtype=dtype)
-    p = dit.cfg.patch_size
-    h0, w0 = sizes[0]
-    latents = _per_sample(ctl.latent_for(h0 * p, w0 * p).to(x_pre.device), B, "control latents")
-    for lat, (h, w) in zip(latents, sizes):
-        if tuple(lat.shape[-2:]) != (h * p, w * p):
-            raise InputError(f"control latent {tuple(lat.shape[-2:])} for a latent of {(h * p, w * p)}; resize the "
-                             "control image to the generated size.")
+    latents = _control_latents(ctl, dit, sizes, B, x_pre.device)
     cc = _pad([net.embed(lat, dtype, pad) for lat in latents])
 
     # refiner phase: the branch's own view of the image tokens
@@ -309,16 +303,22 @@ def _hints(ctl: Control, dit: ZImageDiT, x_pre, x_mask, x_rot, x_ref, unified, m
     return out
 
 
+def _control_latents(ctl: Control, dit: ZImageDiT, sizes, B: int, device) -> list[torch.Tensor]:
+    """The control latent of each sample, on `device`, checked against the sample's latent size."""
+    p = dit.cfg.patch_size
+    h0, w0 = sizes[0]
+    latents = _per_sample(ctl.latent_for(h0 * p, w0 * p).to(device), B, "control latents")
+    for lat, (h, w) in zip(latents, sizes):
+        if tuple(lat.shape[-2:]) != (h * p, w * p):
+            raise InputError(f"control latent {tuple(lat.shape[-2:])} for a latent of {(h * p, w * p)}; resize the "
+                             "control image to the generated size.")
+    return latents
+
+
 def _image_latents(ctl: Control, dit: ZImageDiT, sizes, B: int, device) -> torch.Tensor:
     if len(set(sizes)) > 1:
         raise InputError("a ControlNet with tokens='image' needs latents of one size in a batch.")
-    p = dit.cfg.patch_size
-    h, w = sizes[0]
-    lat = _per_sample(ctl.latent_for(h * p, w * p).to(device), B, "control latents")
-    if tuple(lat[0].shape[-2:]) != (h * p, w * p):
-        raise InputError(f"control latent {tuple(lat[0].shape[-2:])} for a latent of {(h * p, w * p)}; resize the "
-                         "control image to the generated size.")
-    return torch.stack(lat)
+    return torch.stack(_control_latents(ctl, dit, sizes, B, device))
 
 
 def _image_refiner(ctl: Control, dit: ZImageDiT, x_pre, x_rot, n_img, sizes, c):

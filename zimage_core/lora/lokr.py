@@ -1,7 +1,8 @@
 """LoKr (LyCORIS): delta = kron(w1, w2), each factor stored whole (`lokr_w1`) or factorised
-(`lokr_w1_a @ lokr_w1_b`; w2 also with a Tucker core `lokr_t2`, as for LoHa). Scaled by alpha / (rank of the factorised part) when a part is factorised and
-alpha is given, else 1 (LyCORIS / ComfyUI convention). At run time x @ kron(w1, w2).T is computed as
-w1 @ X @ w2.T with X = x reshaped [.., b1, b2], never building the Kronecker product.
+(`lokr_w1_a @ lokr_w1_b`; w2 also with a Tucker core `lokr_t2`, as for LoHa). Scaled by alpha / (rank of
+the factorised part) when a part is factorised and alpha is given, else 1 (LyCORIS / ComfyUI convention). At
+run time x @ kron(w1, w2).T is computed as w1 @ X @ w2.T with X = x reshaped [.., b1, b2], never building the
+Kronecker product.
 """
 
 from __future__ import annotations
