@@ -34,18 +34,6 @@ COMFYUI = os.environ.get("COMFYUI_PATH") or str(Path(os.environ.get("ZIMAGE_TEST
 CAP_DIM = 64
 
 
-def status(field: str) -> int:
-    """A /proc/self/status size in bytes: VmRSS (now) or VmHWM (peak since the last reset_peak)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
-
-
-def reset_peak() -> None:
-    """Start VmHWM afresh (the imports' own peak must not hide the model's); Linux 4.0+."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
 def child(kind: str, path: str, size: int, steps: int, out: str) -> None:
     if kind == "ours_blas":
         os.environ["ZIMAGE_CPU_GEMM"] = "blas"
@@ -63,6 +51,8 @@ def child(kind: str, path: str, size: int, steps: int, out: str) -> None:
     import comfy.sample
     import comfy.sd
     import torch
+
+    from zimage_core.bench_quant import reset_peak, status
 
     torch.set_num_threads(2)
     reset_peak()
