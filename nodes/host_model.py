@@ -20,25 +20,51 @@ caption as 'txt' at the noise_refiner (ComfyUI's ZImageFunControlnet patch runs 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
+import logging
+import weakref
+
 import torch
 import torch.nn as nn
 
 import comfy.model_base  # type: ignore
 import comfy.model_management  # type: ignore
 import comfy.model_patcher  # type: ignore
+import comfy.patcher_extension  # type: ignore
 import comfy.supported_models  # type: ignore
 import comfy.utils  # type: ignore
 
-import weakref
-
 from ..zimage_core.errors import InputError
+from ..zimage_core.nag import NAGGuidance
 from ..zimage_core.ops import HostCast, cast_workspace
 from ..zimage_core.patching import PatchedDiT
+from ..zimage_core.rope import ImagePositions
 
 # Lumina2 block patch points our DiT honours (comfy/ldm/lumina/model.py calls them after each block).
 SUPPORTED_PATCHES = ("noise_refiner", "double_block")
+# Patch points that native NextDiT never calls (so on ComfyUI's own Z-Image they do nothing): the nodes of ComfyUI
+# that set them, named in our refusal. 'attn1_output_patch' of NAGuidance is honoured through our NAG.
+FOREIGN_PATCHES = {
+    "attn1_patch": "HyperTile, TomePatchModel, HypernetworkLoader (UNet attention patches)",
+    "attn1_output_patch": "HyperTile, TomePatchModel (UNet attention patches)",
+    "attn2_patch": "HypernetworkLoader (UNet cross-attention patches)",
+    "attn2_output_patch": "UNet cross-attention patches",
+    "input_block_patch": "PatchModelAddDownscale (Kohya Deep Shrink; UNet only)",
+    "input_block_patch_after_skip": "PatchModelAddDownscale (Kohya Deep Shrink; UNet only)",
+    "output_block_patch": "FreeU, FreeU_V2, PatchModelAddDownscale (UNet only)",
+    "middle_patch": "UNet middle-block patches",
+    "post_input": "USOStyleReference and Flux input patches",
+}
+REPLACE_NODES = {
+    "attn1": "SelfAttentionGuidance, PerturbedAttentionGuidance (UNet attention replacements)",
+    "attn2": "UNet cross-attention replacements",
+    "dit": "SkipLayerGuidanceDiT (its block replacements are for double/single-stream DiTs such as Flux and SD3)",
+}
 PATCHED_KEY = "zimage_patched_dit"  # transformer_options entry: the PatchedDiT whose runtime patches apply
 _PATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # ZImageDiT -> its ModelPatcher
+_warned: set = set()
 
 
 def _step_of(transformer_options: dict) -> tuple[int, float | None, int]:
@@ -64,8 +90,74 @@ def _cond_rows(cond_or_uncond, batch: int) -> list[int] | None:
     return None if len(rows) == batch else rows
 
 
+def _positions(transformer_options: dict) -> ImagePositions:
+    """ComfyUI's `rope_options` (ScaleROPE) as our image positions: native NextDiT reads scale/shift of x and y
+    (pos_ids_x); like it, the t axis stays (an image is one frame), which we say in the log."""
+    ro = transformer_options.get("rope_options")
+    if not ro:
+        return ImagePositions()
+    if (ro.get("scale_t", 1.0), ro.get("shift_t", 0.0)) != (1.0, 0.0) and "rope_t" not in _warned:
+        _warned.add("rope_t")
+        logging.warning("Z-Image MODEL: ScaleROPE's scale_t / shift_t do not apply to Z-Image (one frame; ComfyUI's "
+                        "own NextDiT ignores them too); scale/shift x and y do.")
+    return ImagePositions(float(ro.get("scale_y", 1.0)), float(ro.get("shift_y", 0.0)),
+                          float(ro.get("scale_x", 1.0)), float(ro.get("shift_x", 0.0)))
+
+
+@contextlib.contextmanager
+def _computing_in(dit, dtype: torch.dtype):
+    """The DiT computes in `dtype` for the duration (its runtime patches are installed inside, so they follow)."""
+    saved, dit.compute_dtype = dit.compute_dtype, dtype
+    try:
+        yield
+    finally:
+        dit.compute_dtype = saved
+
+
+def _nag_guidance_params(fn) -> tuple[float, float, float] | None:
+    """(nag_scale, nag_alpha, nag_tau) of ComfyUI's NAGuidance patch function (comfy_extras/nodes_nag.py), read from
+    its closure, or None for any other attn1_output_patch."""
+    code = getattr(fn, "__code__", None)
+    if code is None or code.co_name != "nag_attention_output_patch" or not fn.__closure__:
+        return None
+    cells = dict(zip(code.co_freevars, (c.cell_contents for c in fn.__closure__)))
+    try:
+        return float(cells["nag_scale"]), float(cells["nag_alpha"]), float(cells["nag_tau"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _check_patches(transformer_options: dict):
+    """The NAGuidance parameters when that node's patch is set, after refusing every patch our DiT cannot honour
+    (native NextDiT would skip them without a word)."""
+    patches = transformer_options.get("patches", {})
+    nag = None
+    for p in patches.get("attn1_output_patch", []):
+        params = _nag_guidance_params(p)
+        if params is None or nag is not None:
+            nag = None
+            break
+        nag = params
+    unknown = sorted(k for k, v in patches.items() if v and k not in SUPPORTED_PATCHES
+                     and not (k == "attn1_output_patch" and nag is not None))
+    replace = sorted(k for k, v in transformer_options.get("patches_replace", {}).items() if v)
+    if unknown or replace:
+        named = [f"'{k}' (set by {FOREIGN_PATCHES.get(k, 'another node or pack')})" for k in unknown]
+        named += [f"patches_replace '{k}' (set by {REPLACE_NODES.get(k, 'another node or pack')})" for k in replace]
+        raise InputError(
+            f"Z-Image MODEL: model patches {', '.join(named)} cannot act on a Z-Image DiT (ComfyUI's own Z-Image "
+            f"model skips them too, without a word). Supported: the block patches {', '.join(SUPPORTED_PATCHES)} "
+            f"(e.g. ZImageFunControlnet), DIFFUSION_MODEL wrappers (EasyCache), rope_options (ScaleROPE), attention "
+            f"overrides, NAGuidance (through ZImageNAGModel's guidance). Remove that node from the graph.")
+    return nag
+
+
 class NextDiTAdapter(nn.Module):
-    """NextDiT's forward(x, timesteps, context, num_tokens, attention_mask, transformer_options) over our DiT."""
+    """NextDiT's forward(x, timesteps, context, num_tokens, attention_mask, transformer_options) over our DiT,
+    honouring what native NextDiT honours in `transformer_options`: DIFFUSION_MODEL wrappers around the forward
+    (EasyCache and other packs' caches), `rope_options` (ScaleROPE), `optimized_attention_override` (attention
+    patch nodes; with `block_index` / `block_type` / `total_blocks` set as native sets them), the Lumina2 block
+    patches 'noise_refiner' / 'double_block'; plus NAGuidance's 'attn1_output_patch', which native skips."""
 
     def __init__(self, dit):
         super().__init__()
@@ -76,24 +168,30 @@ class NextDiTAdapter(nn.Module):
         object.__setattr__(self, "dit", dit)  # not a submodule: its children are ours already
         self.dtype = dit.compute_dtype
 
-    def forward(self, x, timesteps, context, num_tokens=None, attention_mask=None, transformer_options={},
-                **kwargs):
+    def forward(self, x, timesteps, context, num_tokens=None, attention_mask=None, **kwargs):
+        # as NextDiT.forward: the wrappers get (x, timesteps, context, num_tokens, attention_mask, **kwargs)
+        wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                                                            kwargs.get("transformer_options", {}))
+        return comfy.patcher_extension.WrapperExecutor.new_class_executor(self._forward, self, wrappers).execute(
+            x, timesteps, context, num_tokens, attention_mask, **kwargs)
+
+    def _forward(self, x, timesteps, context, num_tokens=None, attention_mask=None, transformer_options={},
+                 **kwargs):
         dit = self.dit
         patched = transformer_options.get(PATCHED_KEY) or PatchedDiT(dit)
         for key in ("ref_latents", "siglip_feats"):
             if kwargs.get(key):
                 raise InputError(f"Z-Image MODEL: '{key}' (Z-Image Omni / edit conditioning) is not supported by "
                                  f"this pack's DiT.")
+        nag_guidance = _check_patches(transformer_options)
         patches = transformer_options.get("patches", {})
-        unknown = [k for k, v in patches.items() if v and k not in SUPPORTED_PATCHES]
-        replace = [k for k, v in transformer_options.get("patches_replace", {}).items() if v]
-        if unknown or replace:
-            raise InputError(f"Z-Image MODEL: model patches {sorted(unknown + replace)} are not supported by this "
-                             f"pack's DiT (supported: {', '.join(SUPPORTED_PATCHES)}).")
         step, sigma, n_steps = _step_of(transformer_options)
+        attention = self._attention(transformer_options)
         # native: t = 1 - timesteps (timesteps = sigma for Z-Image's CONST sampling), output -(x0 - noise)
         t = 1.0 - timesteps.float()
-        with patched.applied(), cast_workspace():  # one cast buffer for the context and the DiT call
+        # ComfyUI hands x over in the model's inference dtype (ModelComputeDtype changes it): compute in it
+        dtype = x.dtype if x.dtype.is_floating_point else dit.compute_dtype
+        with _computing_in(dit, dtype), patched.applied(), cast_workspace():  # one cast buffer for the call
             controls = patched.step_controls(step, sigma if sigma is not None else float(timesteps[0]), n_steps)
             rows = _cond_rows(transformer_options.get("cond_or_uncond"), x.shape[0]) if "nag" in controls else None
             if rows is not None:  # NAG steers the positive prediction only (None: every row is positive)
@@ -103,13 +201,56 @@ class NextDiTAdapter(nn.Module):
                     del controls["nag"]
             # NextDiT uses every row of the context; computed where ComfyUI put the input (a partial load may
             # leave any layer on the offload device)
-            ctx = dit.encode_context(list(context.unbind(0)), x.device)
+            ctx = dit.encode_context(list(context.unbind(0)), x.device, attention)
+            if nag_guidance is not None:
+                nag = self._nag_guidance(nag_guidance, ctx, transformer_options.get("cond_or_uncond"), x.shape[0])
+                if nag is not None:
+                    if "nag" in controls:
+                        raise InputError("Z-Image MODEL: NAGuidance and ZImageNAGModel are both set on this MODEL; "
+                                         "use one of them.")
+                    controls["nag"] = nag
             transform = controls.pop("context", None)
             if transform is not None:
                 ctx = transform(ctx)
             hook = self._block_hook(patches, x, transformer_options, ctx)
-            out = dit(x, t, ctx, block_hook=hook, device=x.device, **controls)
+            out = dit(x, t, ctx, block_hook=hook, device=x.device, positions=_positions(transformer_options),
+                      attention=attention, **controls)
         return -out.to(x.dtype)
+
+    def _attention(self, transformer_options: dict):
+        """With an `optimized_attention_override` set: our blocks' attention goes through ComfyUI's
+        optimized_attention_masked with the call native JointAttention makes, so the override sees the same
+        arguments (q, k, v [B, H, S, Dh], heads, mask, skip_reshape=True, transformer_options). None otherwise."""
+        if "optimized_attention_override" not in transformer_options:
+            return None
+        from comfy.ldm.modules.attention import optimized_attention_masked  # type: ignore
+
+        heads, n_layers = self.dit.cfg.n_heads, len(self.layers)
+
+        def attention_for(stage, index):
+            def attention(q, k, v, mask):
+                if stage == "layers":  # native sets these before each main layer only
+                    transformer_options.update(total_blocks=n_layers, block_type="double", block_index=index)
+                return optimized_attention_masked(q, k, v, heads, mask, skip_reshape=True,
+                                                  transformer_options=transformer_options)
+            return attention
+
+        return attention_for
+
+    def _nag_guidance(self, params, ctx, cond_or_uncond, batch: int):
+        """ComfyUI's NAGuidance as our NAG: each positive row of the [cond, uncond] batch is guided away from its
+        CFG negative (the uncond row at the same place), with scale = nag_scale - 1 (NAGuidance writes the rule as
+        nag_scale * Z+ - (nag_scale - 1) * Z-), tau and alpha as given. Like NAGuidance, nothing happens when the
+        batch lacks the positive or the negative half (e.g. conds computed apart)."""
+        if not cond_or_uncond or 0 not in cond_or_uncond or 1 not in cond_or_uncond or batch % len(cond_or_uncond):
+            return None
+        nag_scale, nag_alpha, nag_tau = params
+        if nag_scale == 1.0 or nag_alpha == 0.0:
+            return None
+        per = batch // len(cond_or_uncond)
+        pos, neg = cond_or_uncond.index(0) * per, cond_or_uncond.index(1) * per
+        return NAGGuidance(ctx.select([neg + j for j in range(per)]), nag_scale - 1.0, nag_tau, nag_alpha,
+                           rows=[pos + j for j in range(per)])
 
     def _block_hook(self, patches: dict, x: torch.Tensor, transformer_options: dict, ctx):
         refiner, double = patches.get("noise_refiner", []), patches.get("double_block", [])
@@ -163,6 +304,13 @@ def native_pe(rot: torch.Tensor) -> torch.Tensor:
     return torch.stack((c, -s, s, c), dim=-1).unflatten(-1, (2, 2)).unsqueeze(2)
 
 
+@functools.cache
+def _keywords(func) -> frozenset | None:
+    """The parameter names a function takes, or None when it takes any keyword (**kwargs)."""
+    params = inspect.signature(func).parameters
+    return None if any(p.kind is p.VAR_KEYWORD for p in params.values()) else frozenset(params)
+
+
 def _module_of(entry) -> nn.Module:
     """The module of one entry of ModelPatcher._load_list (a tuple whose layout differs between versions)."""
     return next(e for e in entry if isinstance(e, nn.Module))
@@ -212,11 +360,21 @@ class ZImageModelPatcher(comfy.model_patcher.ModelPatcher):
     def _on_the_fly(self, m) -> bool:
         return getattr(m, "quant", None) is not None or getattr(m, "scale_weight", None) is not None or self._streamed(m)
 
-    def patch_weight_to_device(self, key, device_to=None, inplace_update=False, return_weight=False):
+    def _super_call(self, name: str, *args, **kwargs):
+        """The base class's method `name` with the keyword arguments it takes: our overrides accept the call forms
+        of ComfyUI 0.18.1 up to 0.38.x (e.g. 0.38's `patch_weight_to_device(..., force_cast=True)`) and forward
+        what the running host's ModelPatcher understands (a keyword it lacks is one it never passes itself)."""
+        method = getattr(super(), name)
+        accepted = _keywords(method.__func__)
+        if accepted is not None:
+            kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+        return method(*args, **kwargs)
+
+    def patch_weight_to_device(self, key, device_to=None, inplace_update=False, return_weight=False, **kwargs):
         m, name = self._layer(key)
         if key not in self.patches or m is None or not self._on_the_fly(m):
-            return super().patch_weight_to_device(key, device_to=device_to, inplace_update=inplace_update,
-                                                  return_weight=return_weight)
+            return self._super_call("patch_weight_to_device", key, device_to=device_to, inplace_update=inplace_update,
+                                    return_weight=return_weight, **kwargs)
         patch = comfy.model_patcher.LowVramPatch(key, self.patches)
         if return_weight:  # the patched weight itself, in the compute dtype (a packed form cannot hold it)
             w = m.compute_weight(torch.float32, device_to) if name == "weight" else m.bias.to(device_to, torch.float32)
@@ -225,21 +383,22 @@ class ZImageModelPatcher(comfy.model_patcher.ModelPatcher):
         setattr(m, attr, [f for f in getattr(m, attr) if getattr(f, "key", None) != key] + [patch])
         return getattr(m, name)
 
-    def memory_required(self, input_shape):
+    def memory_required(self, input_shape, **kwargs):
         """ComfyUI's estimate for the activations, plus the streamer's two device slots when blocks stream."""
         streamer = self._streamer()
-        return super().memory_required(input_shape) + (2 * streamer.slot_bytes if streamer is not None else 0)
+        return self._super_call("memory_required", input_shape, **kwargs) + (
+            2 * streamer.slot_bytes if streamer is not None else 0)
 
     def _load_list(self, *args, **kwargs):
-        entries = super()._load_list(*args, **kwargs)
+        entries = self._super_call("_load_list", *args, **kwargs)
         return [e for e in entries if not self._streamed(_module_of(e))] if self._streamer() else entries
 
     def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False, **kwargs):
         streaming = self._streamer() is not None
         if streaming and full_load:  # a full load moves the whole module tree: load every resident layer instead
             full_load, lowvram_model_memory = False, 1e32
-        out = super().load(device_to, lowvram_model_memory=lowvram_model_memory,
-                           force_patch_weights=force_patch_weights, full_load=full_load, **kwargs)
+        out = self._super_call("load", device_to, lowvram_model_memory=lowvram_model_memory,
+                               force_patch_weights=force_patch_weights, full_load=full_load, **kwargs)
         if streaming:  # streamed layers are not in the load list: their patches go on here
             for key in self.patches:
                 m, _ = self._layer(key)
@@ -247,19 +406,20 @@ class ZImageModelPatcher(comfy.model_patcher.ModelPatcher):
                     self.patch_weight_to_device(key, device_to)
         return out
 
-    def partially_unload(self, *args, **kwargs):
-        freed = super().partially_unload(*args, **kwargs)
+    def partially_unload(self, device_to, memory_to_free=0, force_patch_weights=False, **kwargs):
+        freed = self._super_call("partially_unload", device_to, memory_to_free=memory_to_free,
+                                 force_patch_weights=force_patch_weights, **kwargs)
         for m in self.model.modules():  # ComfyUI adds its own copy of a patch we apply on the fly already
             if isinstance(m, HostCast):
                 m.weight_function, m.bias_function = _one_per_key(m.weight_function), _one_per_key(m.bias_function)
         return freed
 
-    def unpatch_model(self, device_to=None, unpatch_weights=True):
+    def unpatch_model(self, device_to=None, unpatch_weights=True, **kwargs):
         if unpatch_weights:
             for m in self.model.modules():
                 if isinstance(m, HostCast) and (m.weight_function or m.bias_function):
                     m.weight_function, m.bias_function = [], []
-        return super().unpatch_model(device_to=device_to, unpatch_weights=unpatch_weights)
+        return self._super_call("unpatch_model", device_to=device_to, unpatch_weights=unpatch_weights, **kwargs)
 
 
 def model_config(dit):

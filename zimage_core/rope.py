@@ -7,7 +7,27 @@ model) and each adjacent pair (x[2j], x[2j+1]) is rotated by angle pos * theta^(
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass(frozen=True)
+class ImagePositions:
+    """Where the image tokens sit on the (h, w) rotary axes: row i, column j -> (i * scale_y + shift_y,
+    j * scale_x + shift_x), computed in float32. The identity by default; ComfyUI's `rope_options` (ScaleROPE)
+    set the four numbers. Caption positions and the image's axis-0 position are never changed."""
+
+    scale_y: float = 1.0
+    shift_y: float = 0.0
+    scale_x: float = 1.0
+    shift_x: float = 0.0
+
+    def grid(self, ht: int, wt: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and column positions [ht, wt] (float32) of an ht x wt token grid."""
+        h = torch.arange(ht, dtype=torch.float32, device=device) * self.scale_y + self.shift_y
+        w = torch.arange(wt, dtype=torch.float32, device=device) * self.scale_x + self.shift_x
+        return torch.meshgrid(h, w, indexing="ij")
 
 
 def axes_dims_for(head_dim: int) -> tuple[int, int, int]:
@@ -18,7 +38,7 @@ def axes_dims_for(head_dim: int) -> tuple[int, int, int]:
 
 
 def rope_angles(pos_ids: torch.Tensor, axes_dims: tuple[int, ...], theta: float) -> torch.Tensor:
-    """Position ids [S, 3] (int) -> rotations [S, head_dim / 2, 2] = (cos, sin) pairs, float32 (the memory
+    """Position ids [S, 3] (integers, or float32 for scaled image positions) -> rotations [S, head_dim / 2, 2] = (cos, sin) pairs, float32 (the memory
     layout of complex64 cos + i sin, so `apply_rope` views them as complex numbers at no cost).
 
     Angles are computed in float64 and rounded to float32, exactly like the reference's precomputed

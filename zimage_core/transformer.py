@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .ops import Linear, RMSNorm, cast_workspace
-from .rope import apply_rope, axes_dims_for, rope_angles
+from .rope import ImagePositions, apply_rope, axes_dims_for, rope_angles
 
 SEQ_MULTI_OF = 32  # image and caption token runs are padded to multiples of this
 ADALN_EMBED_DIM = 256  # width of the timestep conditioning vector (min(dim, 256))
@@ -41,6 +41,14 @@ ModHook = Callable[[str, int, torch.Tensor], torch.Tensor]
 # first, n_img = Np of it); x_input is the stage's input, vec the adaLN input [B, adaln_dim], rot the
 # rotary table of x. Used by host adapters that forward another framework's block patches.
 BlockHook = Callable[..., torch.Tensor]
+
+# attention(q, k, v, mask) -> o replaces the scaled-dot-product attention of one block: q, k, v [B, H, S, Dh]
+# (normed and rotated), mask None or a boolean key mask [B, 1, 1, S]; o [B, S, H * Dh] before `attention.out`.
+AttentionFn = Callable[..., torch.Tensor]
+# attention_for(stage, index) -> AttentionFn or None (plain attention): the attention of block `index` of stage
+# 'context_refiner', 'noise_refiner' or 'layers'. Used by host adapters that forward another framework's attention
+# override; the extra attentions of NAG and of a ControlNet branch stay plain.
+AttentionFor = Callable[[str, int], "AttentionFn | None"]
 
 
 @dataclass(frozen=True)
@@ -99,13 +107,16 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(dim // n_heads, eps)
         self.k_norm = RMSNorm(dim // n_heads, eps)
 
-    def forward(self, x, mask, rot, o_hook: Callable | None = None):
+    def forward(self, x, mask, rot, o_hook: Callable | None = None, attention: AttentionFn | None = None):
         B, S, _ = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.n_heads, -1).unbind(2)  # each [B, S, H, Dh]
         q = apply_rope(self.q_norm(q), rot)
         k = apply_rope(self.k_norm(k), rot)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-        o = o.transpose(1, 2).reshape(B, S, -1)
+        if attention is None:
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+            o = o.transpose(1, 2).reshape(B, S, -1)
+        else:
+            o = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
         if o_hook is not None:  # NAG (see nag.py): sees q, k, v [B, S, H, Dh] and o [B, S, dim] before `out`
             o = o_hook(q, k, v, o)
         return self.out(o)
@@ -142,9 +153,10 @@ class TransformerBlock(nn.Module):
         if modulation:
             self.adaLN_modulation = nn.Sequential(Linear(cfg.adaln_dim, 4 * cfg.dim))
 
-    def forward(self, x, mask, rot, adaln_input=None, mod_hook: Callable | None = None, nag=None):
+    def forward(self, x, mask, rot, adaln_input=None, mod_hook: Callable | None = None, nag=None,
+                attention: AttentionFn | None = None):
         if adaln_input is None:
-            x = x + self.attention_norm2(self.attention(self.attention_norm1(x), mask, rot))
+            x = x + self.attention_norm2(self.attention(self.attention_norm1(x), mask, rot, attention=attention))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
         mod = self.adaLN_modulation(adaln_input)  # [B, 4*dim], no SiLU before the linear
         if mod_hook is not None:
@@ -152,7 +164,7 @@ class TransformerBlock(nn.Module):
         scale_msa, gate_msa, scale_mlp, gate_mlp = mod[:, None].chunk(4, dim=-1)  # each [B, 1, dim]
         # x + tanh(gate) * norm2(attention(norm1(x) * (1 + scale))), each norm fused with its multiply
         o_hook = nag.block_hook(self, scale_msa, gate_msa, scale_mlp, gate_mlp) if nag is not None else None
-        attn = self.attention(self.attention_norm1.modulated(x, 1 + scale_msa), mask, rot, o_hook)
+        attn = self.attention(self.attention_norm1.modulated(x, 1 + scale_msa), mask, rot, o_hook, attention)
         x = self.attention_norm2.gated_residual(x, attn, gate_msa.tanh())
         ffn = self.feed_forward(self.ffn_norm1.modulated(x, 1 + scale_mlp))
         return self.ffn_norm2.gated_residual(x, ffn, gate_mlp.tanh())
@@ -236,25 +248,27 @@ class ZImageDiT(nn.Module):
 
         return self._rope(("cap", lp, str(device)), ids)
 
-    def image_rope(self, lp: int, ht: int, wt: int, device):
-        """Image positions (Lp + 1, h, w) row-major, then (0, 0, 0) for the padding rows."""
+    def image_rope(self, lp: int, ht: int, wt: int, device, positions: ImagePositions = ImagePositions()):
+        """Image positions (Lp + 1, h, w) row-major (h, w placed by `positions`), then (0, 0, 0) for the padding
+        rows."""
 
         def ids():
-            h, w = torch.meshgrid(torch.arange(ht, device=device), torch.arange(wt, device=device), indexing="ij")
+            h, w = positions.grid(ht, wt, device)
             grid = torch.stack([torch.full_like(h, lp + 1), h, w], dim=-1).reshape(-1, 3)
             pad = torch.zeros(_round_up(ht * wt) - ht * wt, 3, dtype=grid.dtype, device=device)
             return torch.cat([grid, pad])
 
-        return self._rope(("img", lp, ht, wt, str(device)), ids)
+        return self._rope(("img", lp, ht, wt, str(device), positions), ids)
 
     # -- text side ---------------------------------------------------------------------------------
-    def encode_context(self, cap_feats: list[torch.Tensor], device: torch.device | None = None) -> Context:
+    def encode_context(self, cap_feats: list[torch.Tensor], device: torch.device | None = None,
+                       attention: AttentionFor | None = None) -> Context:
         """Caption features [L_i, cap_feat_dim] -> refined caption tokens (run once per prompt), computed on
-        `device` (default: where the DiT's pad tokens are)."""
+        `device` (default: where the DiT's pad tokens are); `attention`: see `AttentionFor`."""
         with cast_workspace():
-            return self._encode_context(cap_feats, device or self.x_pad_token.device)
+            return self._encode_context(cap_feats, device or self.x_pad_token.device, attention)
 
-    def _encode_context(self, cap_feats: list[torch.Tensor], device: torch.device) -> Context:
+    def _encode_context(self, cap_feats: list[torch.Tensor], device: torch.device, attention) -> Context:
         cfg, dtype = self.cfg, self.compute_dtype
         for i, f in enumerate(cap_feats):
             if f.ndim != 2 or f.shape[-1] != cfg.cap_feat_dim or len(f) == 0:
@@ -268,8 +282,8 @@ class ZImageDiT(nn.Module):
         rows = [torch.cat([e, pad.expand(_round_up(n) - n, -1)]) for e, n in zip(emb, lens)]
         ropes = [self.caption_rope(len(r), device) for r in rows]
         y, rot, mask = _batch(rows, ropes)
-        for blk in self.context_refiner:
-            y = blk(y, mask, rot)
+        for i, blk in enumerate(self.context_refiner):
+            y = blk(y, mask, rot, attention=attention and attention("context_refiner", i))
         return Context([y[i, : len(r)] for i, r in enumerate(rows)], ropes)
 
     # -- full forward ------------------------------------------------------------------------------
@@ -284,6 +298,8 @@ class ZImageDiT(nn.Module):
         nag=None,
         block_hook: BlockHook | None = None,
         device: torch.device | None = None,
+        positions: ImagePositions = ImagePositions(),
+        attention: AttentionFor | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Network output (x0 - noise) for latents x at model time t = 1 - sigma.
 
@@ -298,18 +314,20 @@ class ZImageDiT(nn.Module):
         block_hook: see `BlockHook` (the image runs of all samples must then have one length).
         device: where to compute (default: where the pad tokens are; ComfyUI's MODEL passes its input's device,
         as its partial loading may leave any layer on the offload device).
+        positions: where the image tokens sit on the rotary (h, w) axes (`rope.ImagePositions`; ScaleROPE).
+        attention: replaces the attention of the DiT's own blocks (see `AttentionFor`).
         Returns float32 in the layout of x.
         """
         with cast_workspace():  # CPU weight casts reuse one buffer (see ops.cast_workspace)
             return self._forward(x, t, context, mod_hook, adaln_t, control, nag, block_hook,
-                                 device or self.x_pad_token.device)
+                                 device or self.x_pad_token.device, positions, attention)
 
-    def _forward(self, x, t, context, mod_hook, adaln_t, control, nag, block_hook, device):
+    def _forward(self, x, t, context, mod_hook, adaln_t, control, nag, block_hook, device, positions, attention):
         cfg, dtype = self.cfg, self.compute_dtype
         is_list = isinstance(x, (list, tuple))
         latents = [xi.squeeze(1) if xi.ndim == 4 else xi for xi in x] if is_list else list(x.unbind(0))
         if not isinstance(context, Context):
-            context = self.encode_context(context, device)
+            context = self.encode_context(context, device, attention)
         B = len(latents)
         if len(context) == 1 and B > 1:
             context = context.repeat(B)
@@ -332,7 +350,7 @@ class ZImageDiT(nn.Module):
         emb = self.x_embedder(torch.cat(patches).to(device=device, dtype=dtype)).split(n_tok)
         pad = self.x_pad_token.to(device=device, dtype=dtype)
         img = [torch.cat([e, pad.expand(_round_up(n) - n, -1)]) for e, n in zip(emb, n_tok)]
-        img_rope = [self.image_rope(len(ct), h, w, device) for ct, (h, w) in zip(context.tokens, sizes)]
+        img_rope = [self.image_rope(len(ct), h, w, device, positions) for ct, (h, w) in zip(context.tokens, sizes)]
 
         u, rot, mask = _batch(img, img_rope)
         x_pre, x_mask, x_rot = u, mask, rot
@@ -341,7 +359,8 @@ class ZImageDiT(nn.Module):
         ref_hints = {} if control is None or not hasattr(control, "refiner_hints") else control.refiner_hints(
             self, x_pre, x_rot, [len(r) for r in img], sizes, c)
         for i, blk in enumerate(self.noise_refiner):
-            u = blk(u, mask, rot, c, mod_hook and (lambda m, i=i: mod_hook("noise_refiner", i, m)))
+            u = blk(u, mask, rot, c, mod_hook and (lambda m, i=i: mod_hook("noise_refiner", i, m)),
+                    attention=attention and attention("noise_refiner", i))
             if i in ref_hints:
                 u = u + ref_hints[i]
             if block_hook is not None:
@@ -356,7 +375,8 @@ class ZImageDiT(nn.Module):
         nag = nag and nag.branch(context, [len(r) for r in img])  # None when it changes nothing
         u_input = u
         for i, blk in enumerate(self.layers):
-            u = blk(u, mask, rot, c, mod_hook and (lambda m, i=i: mod_hook("layers", i, m)), nag=nag)
+            u = blk(u, mask, rot, c, mod_hook and (lambda m, i=i: mod_hook("layers", i, m)), nag=nag,
+                    attention=attention and attention("layers", i))
             if i in hints:
                 u = u + hints[i]
             if block_hook is not None:
