@@ -215,6 +215,8 @@ class NextDiTAdapter(nn.Module):
             hook = self._block_hook(patches, x, transformer_options, ctx)
             out = dit(x, t, ctx, block_hook=hook, device=x.device, positions=_positions(transformer_options),
                       attention=attention, **controls)
+        # what native's loop leaves behind, for wrappers that read it after the call
+        transformer_options.update(total_blocks=len(self.layers), block_type="double", block_index=len(self.layers) - 1)
         return -out.to(x.dtype)
 
     def _attention(self, transformer_options: dict):

@@ -1,6 +1,7 @@
 """Benchmark: the MODEL bridge against ComfyUI's native path, same file, same KSampler, one run.
 
     python tests/bench_bridge.py [--layers 2] [--size 256] [--steps 2] [--repeats 2] [--out bench_bridge.json]
+    python tests/bench_bridge.py --cache EasyCache --steps 10     # both MODELs behind ComfyUI's EasyCache node
 
 ComfyUI builds a Z-Image model only from a 3840-wide DiT, so the file is a full-width random DiT with fewer
 main layers (bf16, 2 + 2 refiner blocks as ComfyUI builds them). Each contender runs in a fresh process, in
@@ -12,7 +13,9 @@ turns (ours, ours_blas, native, ours, ...):
 Reported: load seconds, sampling seconds (wall), their sum (what a first run of a graph waits), the CPU
 seconds of the sampling (all threads; steadier than wall time on a shared machine), peak RSS (VmHWM, reset
 after the imports) above the RSS after the imports (file-backed pages of memory-mapped weights count as
-resident once touched), and the largest difference between the two latents. Needs COMFYUI_PATH (tests/setup-host.sh). A benchmark, not a
+resident once touched), the number of diffusion-model forwards (fewer than the steps when a --cache node
+skips steps: EasyCache / LazyCache from comfy_extras, reuse_threshold --cache-threshold, start 0, end 1, on every
+contender), and the largest difference between the two latents. Needs COMFYUI_PATH (tests/setup-host.sh). A benchmark, not a
 test: timings depend on the machine; only the ratios of one run are comparable.
 """
 from __future__ import annotations
@@ -34,7 +37,7 @@ COMFYUI = os.environ.get("COMFYUI_PATH") or str(Path(os.environ.get("ZIMAGE_TEST
 CAP_DIM = 64
 
 
-def child(kind: str, path: str, size: int, steps: int, out: str) -> None:
+def child(kind: str, path: str, size: int, steps: int, out: str, cache: str, threshold: float) -> None:
     if kind == "ours_blas":
         os.environ["ZIMAGE_CPU_GEMM"] = "blas"
     sys.path.insert(0, str(HERE))
@@ -68,6 +71,16 @@ def child(kind: str, path: str, size: int, steps: int, out: str) -> None:
         model = hm.as_model(patched, torch.device("cpu"), torch.device("cpu"))
         gemm = importlib.import_module(pack.__name__ + ".zimage_core.ops").cpu_gemm()
     load_s = time.perf_counter() - t0
+    if cache != "none":
+        from comfy_extras import nodes_easycache
+
+        node = getattr(nodes_easycache, f"{cache}Node")
+        model = node.execute(model, reuse_threshold=threshold, start_percent=0.0, end_percent=1.0,
+                             verbose=False).result[0]
+    forwards = []
+    dm = model.model.diffusion_model
+    inner = dm._forward
+    dm._forward = lambda *a, **k: forwards.append(1) or inner(*a, **k)  # counts the model's own forwards
     g = torch.Generator().manual_seed(0)
     pos = [[torch.randn(1, 32, CAP_DIM, generator=g), {}]]
     neg = [[torch.zeros(1, 32, CAP_DIM), {}]]
@@ -79,7 +92,7 @@ def child(kind: str, path: str, size: int, steps: int, out: str) -> None:
                                 disable_pbar=True)
     sample_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     torch.save(x.float(), out)
-    print(json.dumps({"gemm": gemm, "load_s": load_s, "sample_s": sample_s, "load_plus_sample_s": load_s + sample_s,
+    print(json.dumps({"gemm": gemm, "forwards": len(forwards), "load_s": load_s, "sample_s": sample_s, "load_plus_sample_s": load_s + sample_s,
                       "sample_cpu_s": cpu_s, "peak_rss_above_baseline": status("VmHWM") - base}))
 
 
@@ -89,12 +102,15 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--cache", choices=("none", "EasyCache", "LazyCache"), default="none",
+                   help="put ComfyUI's cache node on every contender's MODEL")
+    p.add_argument("--cache-threshold", type=float, default=0.2, help="its reuse_threshold (node default 0.2)")
     p.add_argument("--out", default="bench_bridge.json")
-    p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
-        kind, path, size, steps, out = a.child
-        child(kind, path, int(size), int(steps), out)
+        kind, path, size, steps, out, cache, threshold = a.child
+        child(kind, path, int(size), int(steps), out, cache, float(threshold))
         return 0
 
     import torch
@@ -113,7 +129,8 @@ def main(argv=None) -> int:
         for kind in runs:
             out = tmp / f"{kind}.pt"
             res = subprocess.run([sys.executable, __file__, "--child", kind, str(path), str(a.size), str(a.steps),
-                                  str(out)], capture_output=True, text=True, timeout=1800)
+                                  str(out), a.cache, str(a.cache_threshold)], capture_output=True, text=True,
+                                 timeout=1800)
             if res.returncode:
                 print(res.stderr[-3000:], file=sys.stderr)
                 return 1
@@ -121,7 +138,8 @@ def main(argv=None) -> int:
     x_native = torch.load(tmp / "native.pt")
     metrics = ("load_s", "sample_s", "load_plus_sample_s", "sample_cpu_s", "peak_rss_above_baseline")
     med = {k: {m: statistics.median(r[m] for r in v) for m in metrics} for k, v in runs.items()}
-    result = {"layers": a.layers, "size": a.size, "steps": a.steps, "repeats": a.repeats,
+    result = {"layers": a.layers, "size": a.size, "steps": a.steps, "repeats": a.repeats, "cache": a.cache,
+              "cache_threshold": a.cache_threshold, "forwards": {k: v[0]["forwards"] for k, v in runs.items()},
               "file_bytes": path.stat().st_size, "ours_gemm": runs["ours"][0]["gemm"], "median": med,
               "ratios_ours_over_native": {m: med["ours"][m] / med["native"][m] for m in metrics},
               "ratios_ours_blas_over_native": {m: med["ours_blas"][m] / med["native"][m] for m in metrics},
@@ -137,6 +155,9 @@ def main(argv=None) -> int:
     print(f"file {result['file_bytes'] / 2**20:.0f} MiB; ours computed its fp32 products with {result['ours_gemm']}; "
           f"largest latent difference to native {diff['ours']:.2e} (ours), {diff['ours_blas']:.2e} (ours_blas), "
           f"latent max {result['latent_abs_max']:.2f}")
+    fw = result["forwards"]
+    print(f"cache {a.cache}: diffusion-model forwards for {a.steps} steps: ours {fw['ours']}, ours_blas "
+          f"{fw['ours_blas']}, native {fw['native']}")
     Path(a.out).write_text(json.dumps(result, indent=1))
     shutil.rmtree(tmp)  # the 2 GiB file and the latents
     return 0
