@@ -36,6 +36,19 @@ def _copy_pack(src, dst_parent):
     return dst
 
 
+def older_pack_copy(pack_dir, dst, missing=("ZImageDiTToModel",)):
+    """A copy of our pack as an older release would be: the same code without the nodes ``missing`` (added
+    later). Only the pack's runtime files (no tests, no .git)."""
+    shutil.copytree(pack_dir, dst, ignore=shutil.ignore_patterns(".git", "tests", "test-artifacts", "workflows",
+                                                                 "__pycache__", ".pytest_cache", ".benchmarks"))
+    init = os.path.join(dst, "__init__.py")
+    with open(init, "a") as f:
+        f.write(f"\n# older copy for tests/test_distributed.py: nodes added after this release\n"
+                f"for _name in {tuple(missing)!r}:\n"
+                f"    NODE_CLASS_MAPPINGS.pop(_name, None)\n    NODE_DISPLAY_NAME_MAPPINGS.pop(_name, None)\n")
+    return dst
+
+
 class Cluster:
     """``master`` and ``workers`` are ComfyUIHost objects; worker ids are "1", "2", ... in order.
 
@@ -54,6 +67,7 @@ class Cluster:
         self.tmp = tempfile.mkdtemp(prefix="zimage-dist-")
         self.master = None
         self.workers = {}
+        self._files = []  # (kind or "input", name, src): replayed on a restarted worker
 
     # ------------------------------------------------------------------ set-up
     def _host(self, role, port, pack_dir, env=None):
@@ -101,6 +115,11 @@ class Cluster:
                              env={"COMFYUI_IS_WORKER": "1"})
         self.workers[wid] = host
         host.start()
+        for kind, name, src in self._files:
+            if kind == "input":
+                shutil.copyfile(src, os.path.join(host.input_dir, name))
+            else:
+                host.put_model(kind, name, src)
         return host
 
     def stop(self):
@@ -122,16 +141,19 @@ class Cluster:
 
     def put_model(self, kind, name, src, on=None):
         """The same file in every process's own model folder (``on``: only these hosts)."""
+        if on is None:
+            self._files.append((kind, name, src))
         for h in (on or self.hosts):
             h.put_model(kind, name, src)
 
     def put_input(self, name, src):
+        self._files.append(("input", name, src))
         for h in self.hosts:
             shutil.copyfile(src, os.path.join(h.input_dir, name))
 
-    def queue(self, graph, worker_ids=None, client_id="zimage-tests"):
+    def queue(self, graph, worker_ids, client_id="zimage-tests"):
         """POST /distributed/queue on the master: (HTTP status, body)."""
-        ids = list(self.workers) if worker_ids is None else list(worker_ids)
+        ids = list(worker_ids)
         return self.master.request("POST", "/distributed/queue",
                                    {"prompt": graph, "client_id": client_id, "enabled_worker_ids": ids},
                                    timeout=120)

@@ -36,7 +36,7 @@ WORKER_TIMEOUT = 6  # settings.worker_timeout_seconds on the master
 
 @pytest.fixture(scope="module")
 def cluster(tiny, tmp_path_factory):
-    from distributed_cluster import HOST_DIR, Cluster, distributed_pack
+    from distributed_cluster import HOST_DIR, Cluster, distributed_pack, older_pack_copy
 
     comfy = os.environ.get("COMFYUI_PATH")
     dist = distributed_pack(HOST_DIR)
@@ -44,8 +44,11 @@ def cluster(tiny, tmp_path_factory):
         pytest.skip(f"needs ComfyUI and ComfyUI-Distributed in {HOST_DIR}: run `bash tests/setup-host.sh`")
     from comfyui_host import REPO_ROOT
 
-    c = Cluster(comfy, dist, REPO_ROOT, n_workers=2, worker_timeout=WORKER_TIMEOUT)
+    old = older_pack_copy(REPO_ROOT, str(tmp_path_factory.mktemp("older_pack") / "zimage_nodes"))
+    # workers 1 and 2: this pack; worker 3: an older copy of it (no ZImageDiTToModel), used by the fault tests only
+    c = Cluster(comfy, dist, REPO_ROOT, n_workers=3, worker_timeout=WORKER_TIMEOUT, worker_pack_dirs={"3": old})
     c.start()
+    c.tiny = tiny
     try:
         c.put_model("diffusion_models", DIT, tiny["dit"])
         c.put_model("text_encoders", TE, tiny["text_encoder"])
@@ -64,7 +67,7 @@ def cluster(tiny, tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------------ graphs
 
-def _base(seed, sampler="ours", lora=False, control=False):
+def _base(seed, sampler="ours", lora=False, control=False, steps=3):
     """Our loaders -> (LoRA) -> (ControlNet) -> sampler -> decode. ``seed`` is an int or a link."""
     g = {
         "1": {"class_type": "ZImageDiTLoader", "inputs": {"dit_name": DIT, "weight_dtype": "auto"}},
@@ -86,15 +89,15 @@ def _base(seed, sampler="ours", lora=False, control=False):
                    "inputs": {"dit": dit, "controlnet": ["22", 0], "vae": ["3", 0], "image": ["21", 0],
                               "strength": 0.8, "start_percent": 0.0, "end_percent": 1.0}}
         dit = ["23", 0]
-    g.update(_sampler("6", sampler, dit, seed))
+    g.update(_sampler("6", sampler, dit, seed, steps))
     g["7"] = {"class_type": "ZImageVAEDecode", "inputs": {"vae": ["3", 0], "latent": ["6", 0]}}
     return g
 
 
-def _sampler(nid, kind, dit, seed):
+def _sampler(nid, kind, dit, seed, steps):
     if kind == "ours":
         return {nid: {"class_type": "ZImageSampler",
-                      "inputs": {"dit": dit, "positive": ["4", 0], "latent": ["5", 0], "seed": seed, "steps": 3,
+                      "inputs": {"dit": dit, "positive": ["4", 0], "latent": ["5", 0], "seed": seed, "steps": steps,
                                  "cfg": 1.0, "shift": 3.0, "denoise": 1.0}}}
     return {  # our MODEL through ComfyUI's own KSampler
         f"{nid}m": {"class_type": "ZImageDiTToModel", "inputs": {"dit": dit}},
@@ -102,7 +105,7 @@ def _sampler(nid, kind, dit, seed):
         f"{nid}z": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["4", 0]}},
         nid: {"class_type": "KSampler",
               "inputs": {"model": [f"{nid}a", 0], "positive": ["4", 0], "negative": [f"{nid}z", 0],
-                         "latent_image": ["5", 0], "seed": seed, "steps": 3, "cfg": 1.0,
+                         "latent_image": ["5", 0], "seed": seed, "steps": steps, "cfg": 1.0,
                          "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
     }
 
@@ -141,7 +144,7 @@ def single_process_images(cluster, seeds, prefix, **kw):
     return [_pngs(cluster.master, entry, f"8_{i}")[0] for i in range(len(seeds))]
 
 
-def run_distributed(cluster, graph, worker_ids=None, timeout=300):
+def run_distributed(cluster, graph, worker_ids=("1", "2"), timeout=300):
     status, body = cluster.queue(graph, worker_ids)
     assert status == 200, body
     entry = cluster.master.wait_for(body["prompt_id"], timeout=timeout)
@@ -164,3 +167,118 @@ def test_collected_images_equal_single_process_runs_at_the_workers_seeds(cluster
         assert g.shape == w.shape == (H, W, 3)
         assert np.abs(g - w).max() <= 1, f"image {i} (seed {seed + i}) differs"
     assert min(np.abs(want[0] - w).max() for w in want[1:]) > 10  # three different pictures
+
+
+def _assert_images(got, want):
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.shape == w.shape and np.abs(g - w).max() <= 1, f"image {i} differs"
+
+
+def _history_len(host):
+    return len(host.history())
+
+
+def client_run(cluster, graph, workers, tmp_path, on_event=None):
+    from zimage_core.api_client import Client
+
+    return Client(cluster.master.url, timeout=300).run(graph, out_dir=tmp_path, workers=workers, on_event=on_event)
+
+
+def _files(result):
+    return [np.asarray(Image.open(p).convert("RGB")).astype(np.int16) for p in result.images]
+
+
+def test_api_client_runs_a_distributed_workflow_and_downloads_every_image(cluster, tmp_path, capsys):
+    """zimage_core.api_client on the master with --workers: /distributed/queue, then the 3 collected images
+    (master's, worker 1's, worker 2's) downloaded, equal to single-process runs at s, s + 1, s + 2."""
+    import json
+
+    from zimage_core.api_client import main
+
+    seed = 400
+    result = client_run(cluster, distributed_graph(seed, "client_py"), ["1", "2"], tmp_path / "py")
+    assert result.warnings == [] and result.status["status_str"] == "success"
+    want = single_process_images(cluster, [seed, seed + 1, seed + 2], "client_ref")
+    _assert_images(_files(result), want)
+
+    wf = tmp_path / "dist.json"
+    wf.write_text(json.dumps(distributed_graph(seed + 10, "client_cli")))
+    assert main(["run", str(wf), "--server", cluster.master.url, "--workers", "1,2", "--out",
+                 str(tmp_path / "cli"), "-q"]) == 0
+    saved = capsys.readouterr().out.split()
+    assert len(saved) == 3 and all(os.path.isfile(p) for p in saved)
+
+
+def test_a_worker_without_the_model_file(cluster, tmp_path):
+    """ComfyUI-Distributed itself: the worker refuses the graph at dispatch (its dit_name list lacks the file), and
+    /distributed/queue answers HTTP 500 at once with the worker's validation error but without its name; nothing
+    is queued on the master. Our client checks the workers first: it leaves worker 2 out, names it and the file,
+    and returns the master's and worker 1's images (seeds s, s + 1)."""
+    seed = 500
+    w2 = cluster.workers["2"]
+    w2.remove_model("diffusion_models", DIT)
+    try:
+        before = _history_len(cluster.master)
+        t = time.monotonic()
+        status, body = cluster.queue(distributed_graph(seed, "missing_raw"), ["1", "2"])
+        assert time.monotonic() - t < 30
+        assert status == 500 and DIT in body["error"] and "value_not_in_list" in body["error"], body
+        time.sleep(1)
+        assert _history_len(cluster.master) == before and not cluster.master.queue()["queue_pending"]
+
+        result = client_run(cluster, distributed_graph(seed, "missing_client"), ["1", "2"], tmp_path)
+    finally:
+        w2.put_model("diffusion_models", DIT, cluster.tiny["dit"])
+    assert len(result.warnings) == 1, result.warnings
+    msg = result.warnings[0]
+    assert "worker 2" in msg and w2.url.split("//")[1] in msg and DIT in msg and "dit_name" in msg, msg
+    _assert_images(_files(result), single_process_images(cluster, [seed, seed + 1], "missing_ref"))
+
+
+def test_a_worker_with_an_older_copy_of_the_pack(cluster, tmp_path):
+    """Worker 3 runs an older copy of the pack without ZImageDiTToModel. ComfyUI-Distributed: HTTP 500 naming the
+    missing node, not the worker, nothing on the master. Our client leaves worker 3 out with a message naming it and
+    the node, and the master and worker 1 deliver (seeds s, s + 1). Graphs the older copy has all nodes for still
+    run there."""
+    seed = 600
+    status, body = cluster.queue(distributed_graph(seed, "old_raw", sampler="ksampler"), ["1", "3"])
+    assert status == 500 and "ZImageDiTToModel" in body["error"], body
+
+    result = client_run(cluster, distributed_graph(seed, "old_client", sampler="ksampler"), ["1", "3"], tmp_path)
+    assert len(result.warnings) == 1, result.warnings
+    msg = result.warnings[0]
+    assert "worker 3" in msg and "no node ZImageDiTToModel" in msg and "older" in msg, msg
+    _assert_images(_files(result), single_process_images(cluster, [seed, seed + 1], "old_ref", sampler="ksampler"))
+
+    body, entry = run_distributed(cluster, distributed_graph(seed, "old_ours"), ["3"])
+    assert body["worker_count"] == 1 and len(cluster.master.output_files(entry, "8")) == 2
+
+
+def test_a_worker_that_dies_mid_job(cluster, tmp_path):
+    """Worker 2 is killed (SIGKILL by its pid) right after the job was dispatched to it. The master waits
+    settings.worker_timeout_seconds without news, probes worker 2 (gone), and finishes with its own and worker 1's
+    images (seeds s, s + 1) in bounded time; its console names worker 2 ("Heartbeat timeout"), and our client's
+    warning names worker 2 and says it stopped answering. Worker 2 is restarted afterwards (with the module's
+    files) for whatever runs next."""
+    seed = 700
+    w2 = cluster.workers["2"]
+
+    def kill_worker_2(msg):
+        if msg["type"] == "client_queued":
+            os.kill(w2.pid, signal.SIGKILL)
+
+    t = time.monotonic()
+    try:
+        result = client_run(cluster, distributed_graph(seed, "died", steps=6), ["1", "2"], tmp_path, kill_worker_2)
+        elapsed = time.monotonic() - t
+        assert w2.proc.wait(timeout=10) == -signal.SIGKILL
+        assert elapsed < WORKER_TIMEOUT + 60, elapsed
+        assert result.status["status_str"] == "success"
+        console = cluster.master.get("/distributed/local_log?lines=400")["content"]  # the master's console
+        assert "Heartbeat timeout: worker=2" in console, console[-3000:]
+        assert len(result.warnings) == 1 and "worker 2" in result.warnings[0] \
+            and "stopped answering" in result.warnings[0], result.warnings
+        _assert_images(_files(result), single_process_images(cluster, [seed, seed + 1], "died_ref", steps=6))
+    finally:
+        cluster.restart_worker("2")
