@@ -29,7 +29,7 @@ def distributed_pack(host_dir):
     return path if os.path.isfile(os.path.join(path, "__init__.py")) else None
 
 
-def _copy_pack(src, dst_parent):
+def copy_pack(src, dst_parent):
     dst = os.path.join(dst_parent, DIST_NAME)
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tests", "gpu_config.json", "*.log", "__pycache__",
                                                             "node_modules", ".git"))
@@ -73,7 +73,7 @@ class Cluster:
     def _host(self, role, port, pack_dir, env=None):
         d = os.path.join(self.tmp, role)
         os.makedirs(d, exist_ok=True)
-        dist = _copy_pack(self.dist_src, d)
+        dist = copy_pack(self.dist_src, d)
         host = ComfyUIHost(self.comfyui_path, pack_dir=pack_dir, port=port, extra_custom_nodes=[dist, *self.extra],
                            env=env)
         return host, dist
