@@ -94,8 +94,10 @@ class Cluster:
         self.master, master_dist = self._host("master", master_port, self.pack_dir)
         for i, port in enumerate(ports, start=1):
             wid = str(i)
-            self.workers[wid], _ = self._host(f"worker{wid}", port, self.worker_pack_dirs.get(wid, self.pack_dir),
-                                              env={"COMFYUI_IS_WORKER": "1"})
+            self.workers[wid], dist = self._host(f"worker{wid}", port, self.worker_pack_dirs.get(wid, self.pack_dir),
+                                                 env={"COMFYUI_IS_WORKER": "1"})
+            with open(os.path.join(dist, "gpu_config.json"), "w") as f:  # debug: the workers log each tile taken
+                json.dump({"settings": {"debug": True}}, f)
         with open(os.path.join(master_dist, "gpu_config.json"), "w") as f:
             json.dump(self.config(), f, indent=1)
         hosts = [self.master, *self.workers.values()]
@@ -111,8 +113,10 @@ class Cluster:
         """A fresh process for worker ``wid`` on the same port (after a test killed it)."""
         old = self.workers[wid]
         old.stop()
-        host, _ = self._host(f"worker{wid}-again", old.port, self.worker_pack_dirs.get(wid, self.pack_dir),
-                             env={"COMFYUI_IS_WORKER": "1"})
+        host, dist = self._host(f"worker{wid}-again", old.port, self.worker_pack_dirs.get(wid, self.pack_dir),
+                                env={"COMFYUI_IS_WORKER": "1"})
+        with open(os.path.join(dist, "gpu_config.json"), "w") as f:
+            json.dump({"settings": {"debug": True}}, f)
         self.workers[wid] = host
         host.start()
         for kind, name, src in self._files:

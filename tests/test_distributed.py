@@ -213,18 +213,21 @@ def test_api_client_runs_a_distributed_workflow_and_downloads_every_image(cluste
 def test_a_worker_without_the_model_file(cluster, tmp_path):
     """ComfyUI-Distributed itself: the worker refuses the graph at dispatch (its dit_name list lacks the file), and
     /distributed/queue answers HTTP 500 at once with the worker's validation error but without its name; nothing
-    is queued on the master. Our client checks the workers first: it leaves worker 2 out, names it and the file,
+    is queued on the master, and worker 1, which got the graph too, renders for nothing. Our client checks the workers first: it leaves worker 2 out, names it and the file,
     and returns the master's and worker 1's images (seeds s, s + 1)."""
     seed = 500
     w2 = cluster.workers["2"]
     w2.remove_model("diffusion_models", DIT)
     try:
-        before = _history_len(cluster.master)
+        before, w1_before = _history_len(cluster.master), _history_len(cluster.workers["1"])
         t = time.monotonic()
         status, body = cluster.queue(distributed_graph(seed, "missing_raw"), ["1", "2"])
         assert time.monotonic() - t < 30
         assert status == 500 and DIT in body["error"] and "value_not_in_list" in body["error"], body
-        time.sleep(1)
+        deadline = time.monotonic() + 60  # worker 1 got the graph anyway and renders a picture nobody collects
+        while _history_len(cluster.workers["1"]) == w1_before and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _history_len(cluster.workers["1"]) == w1_before + 1
         assert _history_len(cluster.master) == before and not cluster.master.queue()["queue_pending"]
 
         result = client_run(cluster, distributed_graph(seed, "missing_client"), ["1", "2"], tmp_path)
@@ -282,3 +285,69 @@ def test_a_worker_that_dies_mid_job(cluster, tmp_path):
         _assert_images(_files(result), single_process_images(cluster, [seed, seed + 1], "died_ref", steps=6))
     finally:
         cluster.restart_worker("2")
+
+
+@pytest.fixture(scope="module")
+def usdu_files(cluster, tmp_path_factory):
+    """A full-size random Flux VAE (ComfyUI's VAELoader builds only that shape; 335 MB, removed at the end) in
+    every process's models/vae, and a 128x128 picture in every input/ folder."""
+    from safetensors.torch import save_file
+
+    from zimage_core.tiny.vae import random_vae
+    from zimage_core.vae import VAEConfig
+
+    d = tmp_path_factory.mktemp("usdu")
+    ae = random_vae(VAEConfig(channels=(128, 256, 512, 512), num_res_blocks=2, z_channels=16), seed=1)
+    save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(d / "ae_full.safetensors"))
+    del ae
+    cluster.put_model("vae", "ae_full.safetensors", d / "ae_full.safetensors")
+    rgb = (np.random.default_rng(1).random((128, 128, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(d / "usdu_in.png")
+    cluster.put_input("usdu_in.png", d / "usdu_in.png")
+    yield
+    for h in cluster.hosts:
+        h.remove_model("vae", "ae_full.safetensors")
+    (d / "ae_full.safetensors").unlink()
+
+
+def usdu_graph(prefix, padding=0, mask_blur=0):
+    """UltimateSDUpscaleDistributed on our MODEL (ZImageDiTToModel + ModelSamplingAuraFlow): a 128x128 picture in
+    four 64x64 tiles, 2 steps at denoise 0.5."""
+    return {
+        "1": {"class_type": "ZImageDiTLoader", "inputs": {"dit_name": DIT, "weight_dtype": "auto"}},
+        "2": {"class_type": "ZImageTextEncoderLoader",
+              "inputs": {"text_encoder_name": TE, "dtype": "auto", "device": "default"}},
+        "4": {"class_type": "ZImageTextEncode", "inputs": {"text_encoder": ["2", 0], "text": PROMPT}},
+        "5": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["4", 0]}},
+        "6": {"class_type": "ZImageDiTToModel", "inputs": {"dit": ["1", 0]}},
+        "7": {"class_type": "ModelSamplingAuraFlow", "inputs": {"model": ["6", 0], "shift": 3.0}},
+        "8": {"class_type": "VAELoader", "inputs": {"vae_name": "ae_full.safetensors"}},
+        "9": {"class_type": "LoadImage", "inputs": {"image": "usdu_in.png"}},
+        "10": {"class_type": "UltimateSDUpscaleDistributed", "inputs": {
+            "upscaled_image": ["9", 0], "model": ["7", 0], "positive": ["4", 0], "negative": ["5", 0],
+            "vae": ["8", 0], "seed": 11, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+            "denoise": 0.5, "tile_width": 64, "tile_height": 64, "padding": padding, "mask_blur": mask_blur,
+            "force_uniform_tiles": True, "tiled_decode": False}},
+        "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": prefix}},
+    }
+
+
+def test_ultimate_sd_upscale_tiles_dealt_to_workers_equal_its_single_process_mode(cluster, usdu_files):
+    """UltimateSDUpscaleDistributed with our MODEL: the tiles dealt out to the master and two workers give the
+    picture its single-process mode gives (plain /prompt, no workers) on the same tiles (<= 1/255).
+
+    With padding 0 and mask_blur 0, so that the tiles are disjoint: the single-process mode is progressive (each
+    tile is cut from the picture with the earlier tiles already blended in), the workers cut theirs from the
+    original, so with padding / blur the tiles' overlaps differ between the two modes whatever the model (measured
+    with this graph at padding 16, mask_blur 4: up to 75/255 at places, most pixels within 1/255)."""
+    single = _pngs(cluster.master, cluster.master.run(usdu_graph("usdu_single"), timeout=600), "11")
+    body, entry = run_distributed(cluster, usdu_graph("usdu_dist"), timeout=600)
+    assert body["worker_count"] == 2, body
+    dist = _pngs(cluster.master, entry, "11")
+    assert len(single) == len(dist) == 1 and single[0].shape == dist[0].shape == (128, 128, 3)
+    src = np.asarray(Image.open(os.path.join(cluster.master.input_dir, "usdu_in.png")).convert("RGB")).astype(np.int16)
+    assert np.abs(single[0] - src).max() > 10  # the tiles were resampled
+    assert np.abs(dist[0] - single[0]).max() <= 1
+    taken = {wid: w.get("/distributed/local_log?lines=3000")["content"].count("Assigned tile_id")
+             for wid, w in cluster.workers.items() if wid in ("1", "2")}
+    assert sum(taken.values()) >= 1, taken  # tiles were sampled on the workers, not all on the master
