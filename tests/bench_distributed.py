@@ -7,7 +7,8 @@ AuraFlow -> KSampler) on the same file, everything else equal (our text encoder 
     python tests/bench_distributed.py --images 6 --steps 2 --json bench_distributed.json
 
 The DiT is random and full-width (ComfyUI builds a Z-Image model only from dim 3840): one main layer, the two
-refiners, bf16, ~2 GB, written to a temporary folder and removed at the end. Per engine a fresh cluster (three
+refiners, bf16, ~2 GB, written to a temporary folder and removed at the end; every process runs with
+--bf16-unet so that the native model stays bf16 on the CPU as ours does (~2.5 GB per process). Per engine a fresh cluster (three
 ComfyUI processes on 127.0.0.1, tests/distributed_cluster.py) so that only one DiT is in memory per process. Each
 configuration first runs one untimed job (every participant loads its models), then ceil(N / participants)
 distributed jobs queued at once; the wall time is from the first POST /distributed/queue to the last /history
@@ -126,7 +127,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="zimage-bench-dist-") as tmp:
         tiny, dit = write_models(Path(tmp))
         for engine in args.engines.split(","):
-            with Cluster(COMFYUI, dist, REPO_ROOT, n_workers=max(counts), worker_timeout=600) as c:
+            # --bf16-unet: ComfyUI keeps the native model in bf16 on the CPU too (as our loader keeps the file's
+            # bf16), so both engines hold and multiply the same weights
+            with Cluster(COMFYUI, dist, REPO_ROOT, n_workers=max(counts), worker_timeout=600,
+                         extra_args=["--bf16-unet"]) as c:
                 c.put_model("diffusion_models", DIT, dit)
                 c.put_model("text_encoders", TE, tiny["text_encoder"])
                 c.put_model("text_encoders", "tokenizer", tiny["tokenizer"])

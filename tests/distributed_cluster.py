@@ -56,7 +56,7 @@ class Cluster:
     collector waits without news from a worker before it probes it and gives up on it)."""
 
     def __init__(self, comfyui_path, dist_src, pack_dir, n_workers=2, worker_timeout=6, extra_custom_nodes=(),
-                 worker_pack_dirs=None):
+                 worker_pack_dirs=None, extra_args=()):
         self.comfyui_path = comfyui_path
         self.dist_src = dist_src
         self.pack_dir = pack_dir
@@ -64,6 +64,7 @@ class Cluster:
         self.worker_timeout = worker_timeout
         self.extra = list(extra_custom_nodes)
         self.worker_pack_dirs = dict(worker_pack_dirs or {})  # worker id -> another copy of our pack
+        self.extra_args = list(extra_args)  # more ComfyUI arguments for every process
         self.tmp = tempfile.mkdtemp(prefix="zimage-dist-")
         self.master = None
         self.workers = {}
@@ -75,7 +76,7 @@ class Cluster:
         os.makedirs(d, exist_ok=True)
         dist = copy_pack(self.dist_src, d)
         host = ComfyUIHost(self.comfyui_path, pack_dir=pack_dir, port=port, extra_custom_nodes=[dist, *self.extra],
-                           env=env)
+                           env=env, extra_args=self.extra_args)
         return host, dist
 
     def config(self):
