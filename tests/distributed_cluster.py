@@ -68,7 +68,6 @@ class Cluster:
         self.tmp = tempfile.mkdtemp(prefix="zimage-dist-")
         self.master = None
         self.workers = {}
-        self._files = []  # (kind or "input", name, src): replayed on a restarted worker
 
     # ------------------------------------------------------------------ set-up
     def _host(self, role, port, pack_dir, env=None):
@@ -110,23 +109,6 @@ class Cluster:
             raise next(e for e in errors if e)
         return self
 
-    def restart_worker(self, wid):
-        """A fresh process for worker ``wid`` on the same port (after a test killed it)."""
-        old = self.workers[wid]
-        old.stop()
-        host, dist = self._host(f"worker{wid}-again", old.port, self.worker_pack_dirs.get(wid, self.pack_dir),
-                                env={"COMFYUI_IS_WORKER": "1"})
-        with open(os.path.join(dist, "gpu_config.json"), "w") as f:
-            json.dump({"settings": {"debug": True}}, f)
-        self.workers[wid] = host
-        host.start()
-        for kind, name, src in self._files:
-            if kind == "input":
-                shutil.copyfile(src, os.path.join(host.input_dir, name))
-            else:
-                host.put_model(kind, name, src)
-        return host
-
     def stop(self):
         for h in [self.master, *self.workers.values()]:
             if h is not None:
@@ -146,13 +128,10 @@ class Cluster:
 
     def put_model(self, kind, name, src, on=None):
         """The same file in every process's own model folder (``on``: only these hosts)."""
-        if on is None:
-            self._files.append((kind, name, src))
         for h in (on or self.hosts):
             h.put_model(kind, name, src)
 
     def put_input(self, name, src):
-        self._files.append(("input", name, src))
         for h in self.hosts:
             shutil.copyfile(src, os.path.join(h.input_dir, name))
 

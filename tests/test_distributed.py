@@ -6,8 +6,9 @@ A graph sent to POST /distributed/queue on the master runs on the master and on 
 gives the master the seed s and worker i the seed s + i; `DistributedCollector` gathers the images on the master
 (master's first, then worker 1's, worker 2's). What is proven: the collected images equal single-process runs
 (plain /prompt on one server) at s, s + 1, s + 2 (<= 1/255) for our sampler, for our MODEL through KSampler and
-for a LoRA + ControlNet graph; and what the master answers when a worker lacks a model file, has an older copy
-of the pack (a node missing) or dies in the middle of the job: ComfyUI-Distributed's own answer, and the answer
+for a LoRA + ControlNet graph; UltimateSDUpscaleDistributed on our MODEL equals its single-process mode; and
+what the master answers when a worker lacks a model file, has an older copy of the pack (a node missing), has a
+broken copy of a model file, or dies in the middle of the job: ComfyUI-Distributed's own answer, and the answer
 of our headless client (zimage_core.api_client), which checks the workers first and names the worker and the
 cause.
 
@@ -258,33 +259,25 @@ def test_a_worker_with_an_older_copy_of_the_pack(cluster, tmp_path):
     assert body["worker_count"] == 1 and len(cluster.master.output_files(entry, "8")) == 2
 
 
-def test_a_worker_that_dies_mid_job(cluster, tmp_path):
-    """Worker 2 is killed (SIGKILL by its pid) right after the job was dispatched to it. The master waits
-    settings.worker_timeout_seconds without news, probes worker 2 (gone), and finishes with its own and worker 1's
-    images (seeds s, s + 1) in bounded time; its console names worker 2 ("Heartbeat timeout"), and our client's
-    warning names worker 2 and says it stopped answering. Worker 2 is restarted afterwards (with the module's
-    files) for whatever runs next."""
-    seed = 700
-    w2 = cluster.workers["2"]
-
-    def kill_worker_2(msg):
-        if msg["type"] == "client_queued":
-            os.kill(w2.pid, signal.SIGKILL)
-
-    t = time.monotonic()
+def test_a_worker_whose_model_file_is_broken(cluster, tmp_path):
+    """Worker 2 lists the DiT file but its copy is not a safetensors file: it passes every check, takes the job and
+    fails in ZImageDiTLoader with the pack's error naming the file. The master waits worker_timeout_seconds for it,
+    then delivers its own and worker 1's images; our client names worker 2, the node and the loader's message."""
+    seed, name = 800, "z_image_broken_on_w2.safetensors"
+    cluster.put_model("diffusion_models", name, cluster.tiny["dit"], on=[cluster.master, cluster.workers["1"]])
+    cluster.workers["2"].put_model("diffusion_models", name, data=b"this is not a safetensors file")
+    g = distributed_graph(seed, "broken")
+    g["1"]["inputs"]["dit_name"] = name
     try:
-        result = client_run(cluster, distributed_graph(seed, "died", steps=6), ["1", "2"], tmp_path, kill_worker_2)
-        elapsed = time.monotonic() - t
-        assert w2.proc.wait(timeout=10) == -signal.SIGKILL
-        assert elapsed < WORKER_TIMEOUT + 60, elapsed
-        assert result.status["status_str"] == "success"
-        console = cluster.master.get("/distributed/local_log?lines=400")["content"]  # the master's console
-        assert "Heartbeat timeout: worker=2" in console, console[-3000:]
-        assert len(result.warnings) == 1 and "worker 2" in result.warnings[0] \
-            and "stopped answering" in result.warnings[0], result.warnings
-        _assert_images(_files(result), single_process_images(cluster, [seed, seed + 1], "died_ref", steps=6))
+        result = client_run(cluster, g, ["1", "2"], tmp_path)
     finally:
-        cluster.restart_worker("2")
+        for h in cluster.hosts:
+            h.remove_model("diffusion_models", name)
+    assert result.status["status_str"] == "success"
+    assert len(result.warnings) == 1, result.warnings
+    msg = result.warnings[0]
+    assert "worker 2" in msg and "ZImageDiTLoader" in msg and name in msg and "images are missing" in msg, msg
+    _assert_images(_files(result), single_process_images(cluster, [seed, seed + 1], "broken_ref"))
 
 
 @pytest.fixture(scope="module")
@@ -351,3 +344,28 @@ def test_ultimate_sd_upscale_tiles_dealt_to_workers_equal_its_single_process_mod
     taken = {wid: w.get("/distributed/local_log?lines=3000")["content"].count("Assigned tile_id")
              for wid, w in cluster.workers.items() if wid in ("1", "2")}
     assert sum(taken.values()) >= 1, taken  # tiles were sampled on the workers, not all on the master
+
+
+def test_a_worker_that_dies_mid_job(cluster, tmp_path):
+    """Worker 2 is killed (SIGKILL by its pid) right after the job was dispatched to it. The master waits
+    settings.worker_timeout_seconds without news, probes worker 2 (gone), and finishes with its own and worker 1's
+    images (seeds s, s + 1) in bounded time; its console names worker 2 ("Heartbeat timeout"), and our client's
+    warning names worker 2 and says it stopped answering. Last in the module: worker 2 stays down."""
+    seed = 700
+    w2 = cluster.workers["2"]
+
+    def kill_worker_2(msg):
+        if msg["type"] == "client_queued":
+            os.kill(w2.pid, signal.SIGKILL)
+
+    t = time.monotonic()
+    result = client_run(cluster, distributed_graph(seed, "died", steps=6), ["1", "2"], tmp_path, kill_worker_2)
+    elapsed = time.monotonic() - t
+    assert w2.proc.wait(timeout=10) == -signal.SIGKILL
+    assert elapsed < WORKER_TIMEOUT + 60, elapsed
+    assert result.status["status_str"] == "success"
+    console = cluster.master.get("/distributed/local_log?lines=400")["content"]  # the master's console
+    assert "Heartbeat timeout: worker=2" in console, console[-3000:]
+    assert len(result.warnings) == 1 and "worker 2" in result.warnings[0] \
+        and "stopped answering" in result.warnings[0], result.warnings
+    _assert_images(_files(result), single_process_images(cluster, [seed, seed + 1], "died_ref", steps=6))

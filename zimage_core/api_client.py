@@ -8,6 +8,9 @@ HTTP with the standard library (``http.client``); live progress over ComfyUI's w
 Without it the client still works and polls ``/history``. It runs from any Python 3.10+ without torch or
 ComfyUI, and talks only to the server it is given (never a proxy).
 
+On a ComfyUI-Distributed master, ``--workers all`` (or ``--workers 1,2``) submits to ``/distributed/queue`` so
+that the master and its workers each render the graph (see zimage_core/api_distributed.py).
+
 Python use::
 
     from zimage_core.api_client import Client, load_workflow, apply_overrides

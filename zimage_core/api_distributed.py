@@ -182,7 +182,11 @@ def queue(master, graph: dict, wanted, emit) -> tuple[dict, list[Worker]]:
         warn("the workflow has no DistributedCollector or UltimateSDUpscaleDistributed node: it runs on the "
              "master only.")
     healthy = []
-    for w in select_workers(master, wanted):
+    chosen = select_workers(master, wanted)
+    if not chosen:
+        warn(f"no worker is enabled in the master's config ({master.address}/distributed/config): the master "
+             f"renders alone.")
+    for w in chosen:
         why = w.problem(graph, nodes) if nodes else None
         if why:
             warn(f"{w.label()} left out of this job: {why}.")
