@@ -7,7 +7,7 @@ submodule_search_locations = [repo root]). Its submodules are then `zimage_nodes
 `zimage_nodes_pack.zimage_core.errors`, ... (note: a second copy of zimage_core, distinct from the installed
 top-level `zimage_core`, so compare error classes through `pack.zimage_core`).
 
-The real host: `tests/setup-host.sh` puts ComfyUI, ComfyUI-GGUF and the browser driver into $ZIMAGE_TEST_HOST
+The real host: `tests/setup-host.sh` puts ComfyUI, ComfyUI-GGUF, ComfyUI-Distributed and the browser driver into $ZIMAGE_TEST_HOST
 (default /tmp/zimage-host); COMFYUI_PATH defaults to what is there (tests/frontend.py finds the browser driver there too). One ComfyUI server
 (`comfyui_host`, session scope) serves every test that needs one. In CI (CI=true) or with
 ZIMAGE_REQUIRE_HOST=1 the host is required: a missing host stops the run, and a test that needs the host and
@@ -107,9 +107,31 @@ def comfyui_host():
 
     pack_dir = os.path.abspath(os.environ.get("COMFYUI_TEST_PACK_DIR") or REPO_ROOT)
     extra = [GGUF_PACK] if os.path.isfile(os.path.join(GGUF_PACK, "__init__.py")) else []
+    dist_parent = _distributed_copy()  # ComfyUI-Distributed's nodes (the distributed workflows), no workers
+    if dist_parent:
+        extra.append(os.path.join(dist_parent, "ComfyUI-Distributed"))
     host = ComfyUIHost(path, pack_dir=pack_dir, extra_custom_nodes=extra)
     host.start()
     try:
         yield host
     finally:
         host.stop()
+        if dist_parent:
+            import shutil
+
+            shutil.rmtree(dist_parent, ignore_errors=True)
+
+
+def _distributed_copy():
+    """A private copy of $ZIMAGE_TEST_HOST/ComfyUI-Distributed (it writes gpu_config.json into its own folder),
+    or None when setup-host has not put it there."""
+    import tempfile
+
+    from distributed_cluster import HOST_DIR as _host_dir, copy_pack, distributed_pack
+
+    src = distributed_pack(_host_dir)
+    if not src:
+        return None
+    parent = tempfile.mkdtemp(prefix="zimage-dist-pack-")
+    copy_pack(src, parent)
+    return parent

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Sets up, outside this repository, what the real-host tests need: ComfyUI v0.18.1 (native Z-Image) with its
 # requirements in the Python on PATH (the one that runs pytest: a pack runs inside ComfyUI's own
-# environment), city96's ComfyUI-GGUF beside it, Debian's Chromium and the npm driver library playwright-core.
+# environment), city96's ComfyUI-GGUF and robertvoy's ComfyUI-Distributed beside it, Debian's Chromium and the npm driver library playwright-core.
 #
 #   bash tests/setup-host.sh            # the README's test command runs this before pytest
 #
 # Everything lands in $ZIMAGE_TEST_HOST (default /tmp/zimage-host), where tests/conftest.py looks for it:
-#   ComfyUI-0.18.1/   ComfyUI-GGUF/   frontend-tools/node_modules/playwright-core
+#   ComfyUI-0.18.1/   ComfyUI-GGUF/   ComfyUI-Distributed/   frontend-tools/node_modules/playwright-core
 # The sources come from ../shared/comfyui (override: ZIMAGE_SHARED=<folder holding comfyui/>); nothing is
 # downloaded but registry packages (PyPI, Debian, npm). Safe to re-run: what is there is reused.
 set -euo pipefail
@@ -32,6 +32,12 @@ fi
 python3 -m pip install -q --disable-pip-version-check -r "$DEST/ComfyUI-GGUF/requirements.txt" 2>&1 \
   | grep -v "^WARNING" || true
 
+# 2b. ComfyUI-Distributed (robertvoy), the scale-out pack: master + workers in tests/test_distributed.py, and
+#     its nodes in the frontend test's server. No Python dependencies beyond ComfyUI's own.
+if [[ ! -f "$DEST/ComfyUI-Distributed/__init__.py" ]]; then
+  tar -xzf "$SHARED/comfyui/ComfyUI-Distributed.tar.gz" -C "$DEST"
+fi
+
 # 3. Chromium from Debian (never a browser download of a test tool).
 if [[ ! -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ]]; then
   if [[ $(id -u) -ne 0 ]]; then
@@ -50,4 +56,4 @@ if [[ ! -f "$TOOLS/node_modules/playwright-core/package.json" ]]; then
      && npm install --no-audit --no-fund --loglevel=error "playwright-core@$PLAYWRIGHT_CORE_VERSION" >/dev/null)
 fi
 
-echo "setup-host: ComfyUI at $COMFY, ComfyUI-GGUF at $DEST/ComfyUI-GGUF, $(${CHROMIUM_PATH:-/usr/bin/chromium} --version 2>/dev/null), playwright-core $PLAYWRIGHT_CORE_VERSION"
+echo "setup-host: ComfyUI at $COMFY, ComfyUI-GGUF at $DEST/ComfyUI-GGUF, ComfyUI-Distributed at $DEST/ComfyUI-Distributed, $(${CHROMIUM_PATH:-/usr/bin/chromium} --version 2>/dev/null), playwright-core $PLAYWRIGHT_CORE_VERSION"

@@ -24,7 +24,7 @@ import workflow_support as ws
 EXPECTED = ("turbo_t2i", "base_cfg", "prompt_enhancer_turbo", "lora_stack", "img2img", "inpaint", "adaln_variety",
             "native_mixed", "ksampler_bridge", "low_vram_fast", "controlnet_canny", "nag_turbo",
             "controlnet_depth_pose", "controlnet_inpaint", "controlnet_tile_upscale",
-            "nag_ksampler")
+            "nag_ksampler", "distributed_turbo_t2i")
 INDEX = json.loads(ws.INDEX_PATH.read_text(encoding="utf-8"))
 NAMES = [w["name"] for w in INDEX["workflows"]]
 SIZE, STEPS = 64, 3
@@ -653,3 +653,15 @@ def test_server_nag_scale_zero_equals_the_graph_without_nag_and_bad_input_is_ref
 
     (path,) = server_run(server, g, tmp_path / "after").images  # still serving, same picture
     assert np.array_equal(png(path), pics["nag"])
+
+
+def test_distributed_turbo_t2i_alone_is_the_turbo_graph(tiny_env):
+    """Without workers Distributed Seed passes the seed and Distributed Collector the images: the same picture
+    as turbo_t2i at that seed (the collecting across workers is tests/test_distributed.py)."""
+    g, res = tiny_run(tiny_env, "distributed_turbo_t2i")
+    img = saved(tiny_env, g, res)
+    sid = ws.find_node(g, "ZImageSampler")
+    assert _src(g, g[sid]["inputs"]["seed"]) == ("DistributedSeed", 0)
+    seed = g[ws.find_node(g, "DistributedSeed")]["inputs"]["seed"]
+    g2, res2 = tiny_run(tiny_env, "turbo_t2i", {ws.find_node(load_api("turbo_t2i"), "ZImageSampler"): {"seed": seed}})
+    assert (saved(tiny_env, g2, res2) - img).abs().max() < 1e-6

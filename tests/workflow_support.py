@@ -97,6 +97,14 @@ CORE_NODES = {
         "upscale_method": (["nearest-exact", "bilinear", "area", "bicubic", "lanczos"], {}),
         "scale_by": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 8.0, "step": 0.01}),
     }, outputs=(("IMAGE", "IMAGE"),), category="image/upscaling"),
+    # ComfyUI-Distributed v1.4.4 (robertvoy; nodes/utilities.py, nodes/collector.py): hidden inputs not listed
+    "DistributedSeed": _core("Distributed Seed", {
+        "seed": ("INT", {"default": 1125899906842, "min": 0, "max": 1125899906842624}),
+    }, outputs=(("seed", "INT"),), category="utils"),
+    "DistributedCollector": _core("Distributed Collector", {
+        "images": ("IMAGE", {}),
+        "load_balance": ("BOOLEAN", {"default": False}),
+    }, outputs=(("images", "IMAGE"), ("audio", "AUDIO")), category="image", optional={"audio": ("AUDIO", {})}),
     # registered by the frontend itself (no Python class; graphToPrompt skips them)
     "Note": _core("Note", {"text": ("STRING", {"multiline": True})}),
     "MarkdownNote": _core("Markdown Note", {"text": ("STRING", {"multiline": True})}),
@@ -645,6 +653,20 @@ def make_stand_ins(input_dir: Path, output_dir: Path) -> dict:
                 mask = torch.zeros((64, 64), dtype=torch.float32)
             return rgb, mask[None]
 
+    class DistributedSeed:  # on a server without workers (the master alone) the seed passes through
+        RETURN_TYPES = ("INT",)
+        FUNCTION = "distribute"
+
+        def distribute(self, seed):
+            return (seed,)
+
+    class DistributedCollector:  # no job id (no workers): the images pass through, audio empty
+        RETURN_TYPES = ("IMAGE", "AUDIO")
+        FUNCTION = "run"
+
+        def run(self, images, load_balance=False, audio=None):
+            return images, audio if audio is not None else {"waveform": torch.zeros(1, 2, 1), "sample_rate": 44100}
+
     class SaveImage:
         RETURN_TYPES = ()
         FUNCTION = "save_images"
@@ -740,7 +762,7 @@ def make_stand_ins(input_dir: Path, output_dir: Path) -> dict:
             return (vae.decode(samples["samples"]),)
 
     return {c.__name__: c for c in (LoadImage, SaveImage, SetLatentNoiseMask, Canny, ImageScaleBy, EmptySD3LatentImage,
-                                    ConditioningZeroOut, VAELoader, VAEDecode)}
+                                    ConditioningZeroOut, VAELoader, VAEDecode, DistributedSeed, DistributedCollector)}
 
 
 @dataclass

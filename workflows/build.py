@@ -839,9 +839,42 @@ sampler node that takes a MODEL then uses it.
     return g
 
 
+def distributed_turbo_t2i() -> Graph:
+    g = Graph("distributed_turbo_t2i", "Z-Image-Turbo on several GPUs or machines (ComfyUI-Distributed)",
+              "The Turbo text-to-image graph with ComfyUI-Distributed's Distributed Seed and Distributed Collector: "
+              "the master and each worker make one picture with their own seed, the master saves them all. "
+              "Alone (no workers) it is the plain Turbo graph.",
+              tags=["text-to-image", "turbo", "distributed"])
+    g.note(0, "About this workflow", f"""
+## One graph, many GPUs (ComfyUI-Distributed)
+
+Needs the **ComfyUI-Distributed** pack on the master and on every worker, and this pack and the same model
+files on every machine. Add the workers in the Distributed panel (or `gpu_config.json`), then *Queue*:
+the master and each worker render one picture. **Distributed Seed** gives the master the seed *s* and
+worker *i* the seed *s + i*; **Distributed Collector** brings the workers' pictures to the master
+(master's first), and Save Image saves them all. Headless:
+`python -m zimage_core.api_client run workflows/api/distributed_turbo_t2i.json --server MASTER:8188 --workers all`
+{MODELS_MD.format(dit=TURBO)}""", size=(420, 520))
+    dit, te = loaders(g)
+    vae = vae_loader(g)
+    g.group("Models", 1)
+    pos = prompt(g, te, FOX)
+    lat = g.add("ZImageEmptyLatent", 2, "Image Size",
+                {"resolution": "custom", "width": 1024, "height": 1024, "batch_size": 1}, size=(440, 160))
+    seed = g.add("DistributedSeed", 2, "Distributed Seed", {"seed": 42}, size=(440, 90), control="randomize")
+    samp = sampler(g, dit[0], pos, lat, 3, control="fixed")
+    samp.inputs["seed"] = seed[0]
+    dec = g.add("ZImageVAEDecode", 3, "Decode", {"tiled": False}, {"vae": vae[0], "latent": samp[0]}, size=(340, 80))
+    coll = g.add("DistributedCollector", 4, "Distributed Collector", {"load_balance": False}, {"images": dec[0]},
+                 size=(320, 80))
+    g.add("SaveImage", 4, "Save Image", {"filename_prefix": "z-image-distributed"}, {"images": coll[0]},
+          size=(520, 560))
+    return g
+
+
 GRAPHS = (turbo_t2i, base_cfg, prompt_enhancer_turbo, lora_stack, img2img, inpaint, adaln_variety, native_mixed,
           ksampler_bridge, low_vram_fast, controlnet_canny, nag_turbo, controlnet_depth_pose, controlnet_inpaint,
-          controlnet_tile_upscale, nag_ksampler)
+          controlnet_tile_upscale, nag_ksampler, distributed_turbo_t2i)
 
 
 # ------------------------------------------------------------------------------------------------ files

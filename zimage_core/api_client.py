@@ -8,6 +8,9 @@ HTTP with the standard library (``http.client``); live progress over ComfyUI's w
 Without it the client still works and polls ``/history``. It runs from any Python 3.10+ without torch or
 ComfyUI, and talks only to the server it is given (never a proxy).
 
+On a ComfyUI-Distributed master, ``--workers all`` (or ``--workers 1,2``) submits to ``/distributed/queue`` so
+that the master and its workers each render the graph (see zimage_core/api_distributed.py).
+
 Python use::
 
     from zimage_core.api_client import Client, load_workflow, apply_overrides
@@ -317,6 +320,7 @@ class RunResult:
     outputs: dict = field(default_factory=dict)  # /history outputs: {node_id: {"images": [...], ...}}
     status: dict = field(default_factory=dict)   # /history status (status_str, messages)
     elapsed: float = 0.0
+    warnings: list = field(default_factory=list)  # list[str]: every client_warning of the run (e.g. a worker left out)
 
 
 def parse_server(server: str):
@@ -520,13 +524,26 @@ class Client:
         return path
 
     # ----------------------------------------------------------------- run
-    def run(self, graph: dict, out_dir=None, on_event: Callable[[dict], None] | None = None) -> RunResult:
+    def run(self, graph: dict, out_dir=None, on_event: Callable[[dict], None] | None = None,
+            workers=None) -> RunResult:
         """Queue ``graph``, wait for it, download its output files into ``out_dir`` (not downloaded when
         None; ``outputs`` still lists them). ``on_event(message)`` gets every websocket JSON message about
         this prompt (``{"type", "data"}``) plus the client's own ``client_queued`` / ``client_saved`` /
-        ``client_warning`` events."""
+        ``client_warning`` events.
+
+        ``workers``: run on a ComfyUI-Distributed master and its workers ("all": the workers enabled in its
+        config, or a list of worker ids) through ``POST /distributed/queue``; workers that lack a node or file
+        of the graph are left out and every worker whose images are missing is named (zimage_core.api_distributed)."""
         graph = check_graph(graph)
-        emit = on_event or (lambda m: None)
+        warnings_seen = []
+
+        def emit(msg):
+            if msg.get("type") == "client_warning":
+                warnings_seen.append(msg["data"]["message"])
+            if on_event is not None:
+                on_event(msg)
+
+        dist_workers = None
         if out_dir is not None:
             out_dir = Path(out_dir)
             if out_dir.exists() and not out_dir.is_dir():
@@ -537,7 +554,12 @@ class Client:
         prompt_id = None
         try:
             ws = self._open_ws(emit)
-            queued = self.queue_prompt(graph)
+            if workers is None:
+                queued = self.queue_prompt(graph)
+            else:
+                from . import api_distributed
+
+                queued, dist_workers = api_distributed.queue(self, graph, workers, emit)
             prompt_id = queued["prompt_id"]
             emit({"type": "client_queued", "data": {"prompt_id": prompt_id, "number": queued.get("number"),
                                                     "node_errors": queued.get("node_errors") or {},
@@ -547,6 +569,8 @@ class Client:
                 emit({"type": "client_warning", "data": {
                     "message": f"some outputs failed validation and will not run: {bad}"}})
             entry = self._wait(ws, prompt_id, graph, emit)
+            if dist_workers:
+                api_distributed.report(dist_workers, emit)
             outputs = entry.get("outputs") or {}
             images = []
             if out_dir is not None:
@@ -555,7 +579,8 @@ class Client:
                     p = self.download(item, out_dir)
                     images.append(p)
                     emit({"type": "client_saved", "data": {"path": str(p), "node": nid, **item}})
-            return RunResult(prompt_id, images, outputs, entry.get("status") or {}, time.monotonic() - start)
+            return RunResult(prompt_id, images, outputs, entry.get("status") or {}, time.monotonic() - start,
+                             warnings_seen)
         except KeyboardInterrupt:
             note = self._abort(prompt_id)
             raise PromptInterrupted(f"Stopped by Ctrl-C{note}", prompt_id=prompt_id) from None
@@ -865,6 +890,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=".", metavar="DIR",
                      help="folder for the images (created; existing files are kept, new ones get _1, _2...; "
                           "default: current folder)")
+    run.add_argument("--workers", metavar="IDS",
+                     help="run on a ComfyUI-Distributed master (--server) and its workers through "
+                          "/distributed/queue: 'all' (the workers enabled in its config) or ids, e.g. 1,2; "
+                          "workers lacking a node or file are left out with a warning")
     run.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                      help="limit for the whole run (default %(default)g)")
     run.add_argument("--keep-running", action="store_true",
@@ -915,7 +944,10 @@ def main(argv=None) -> int:
             elif printer is not None:
                 printer(msg)
 
-        result = client.run(graph, out_dir=args.out, on_event=on_event)
+        workers = None
+        if args.workers is not None:
+            workers = "all" if args.workers.strip() == "all" else [i for i in args.workers.split(",") if i.strip()]
+        result = client.run(graph, out_dir=args.out, on_event=on_event, workers=workers)
         if not result.images and not args.quiet:
             print(f"warning: prompt {result.prompt_id} finished without output images (no SaveImage / "
                   f"PreviewImage node ran).", file=err, flush=True)
