@@ -394,6 +394,38 @@ class MemorySampler(threading.Thread):
         return max((a for t, a in self.samples if t0 <= t <= t1), default=0)
 
 
+class VramSampler(threading.Thread):
+    """Samples a process's GPU memory (nvidia-smi --query-compute-apps, the CUDA context included) every
+    `interval` s; `peak` in bytes, None when nvidia-smi is not there."""
+
+    def __init__(self, pid: int, interval: float = 0.25):
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak = pid, interval, None
+        self._halt = threading.Event()
+
+    def run(self):
+        import shutil
+
+        smi = shutil.which("nvidia-smi")
+        if smi is None:
+            return
+        while not self._halt.is_set():
+            try:
+                out = subprocess.run([smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=10).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                return
+            used = [int(m) * 2**20 for p, m in (ln.split(",") for ln in out.splitlines() if "," in ln)
+                    if p.strip() == str(self.pid) and m.strip().isdigit()]
+            if used:
+                self.peak = max(self.peak or 0, *used)
+            self._halt.wait(self.interval)
+
+    def stop(self):
+        self._halt.set()
+        self.join(timeout=15)
+
+
 # ------------------------------------------------------------------------------------------------ running
 
 def _free_port() -> int:
@@ -415,8 +447,10 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def run_contender(c: Contender, files: dict[str, Path], comfyui: Path, size: int, steps: int, workdir: Path,
-                  python: str = sys.executable, limit: int | None = None, timeout: float = 3600.0) -> dict:
-    """One contender in a fresh ComfyUI process; the measurements (or {"error": ...})."""
+                  python: str = sys.executable, limit: int | None = None, timeout: float = 3600.0,
+                  device: str = "cpu") -> dict:
+    """One contender in a fresh ComfyUI process (`--cpu`, or ComfyUI's GPU for device "cuda"); the
+    measurements (or {"error": ...})."""
     from .api_client import Client, ClientError
 
     base = Path(tempfile.mkdtemp(prefix=f"{c.name.replace('@', '_')}-", dir=workdir))
@@ -430,7 +464,8 @@ def run_contender(c: Contender, files: dict[str, Path], comfyui: Path, size: int
         (base / "custom_nodes" / PACK_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
         flags += ["--whitelist-custom-nodes", PACK_NAME]
     port = _free_port()
-    cmd = [python, "-u", str(comfyui / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+    cmd = [python, "-u", str(comfyui / "main.py"), *(["--cpu"] if device == "cpu" else []), "--listen", "127.0.0.1",
+           "--port", str(port),
            "--base-directory", str(base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
            *flags, *c.flags]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
@@ -439,6 +474,9 @@ def run_contender(c: Contender, files: dict[str, Path], comfyui: Path, size: int
     proc = subprocess.Popen(cmd, cwd=comfyui, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     mem = MemorySampler(proc.pid, limit)
     mem.start()
+    vram = VramSampler(proc.pid) if device != "cpu" else None
+    if vram is not None:
+        vram.start()
     events: list[tuple[float, dict]] = []
     client = Client(f"127.0.0.1:{port}", timeout=timeout)
     result: dict = {"contender": c.name, "command": " ".join(cmd[3:]), "log": str(base / "comfyui.log")}
@@ -465,10 +503,14 @@ def run_contender(c: Contender, files: dict[str, Path], comfyui: Path, size: int
         result["log_tail"] = (base / "comfyui.log").read_text(errors="replace")[-2000:]
     finally:
         mem.stop()
+        if vram is not None:
+            vram.stop()
         _stop(proc)
         log.close()
     result.update(peak_rss_gb=mem.peak["VmHWM"] / GIB, peak_anon_gb=mem.peak["RssAnon"] / GIB,
-                  peak_file_gb=mem.peak["RssFile"] / GIB)
+                  peak_file_gb=mem.peak["RssFile"] / GIB, device=device)
+    if vram is not None:
+        result["peak_vram_gb"] = vram.peak / GIB if vram.peak is not None else None
     return result
 
 
@@ -544,7 +586,7 @@ def print_table(res: dict, out=sys.stdout) -> None:
     ref = res["summary"]["reference"]
     print(f"{'contender':18s} {'weights GB':>10s} {'graph s':>8s} {'process s':>9s} {'s/step':>7s} "
           f"{'peak RSS GB':>11s} {'peak anon GB':>12s} {'anon/weights':>12s} {'anon/ref':>8s} {'graph/ref':>9s} "
-          f"{'pixel diff':>10s}", file=out)
+          f"{'pixel diff':>10s} {'VRAM GB':>7s}", file=out)
     for r in res["results"]:
         if "error" in r:
             print(f"{r['contender']:18s} {r['weights_gb']:10.2f} error: {r['error'][:60]} (peak anon "
@@ -558,14 +600,14 @@ def print_table(res: dict, out=sys.stdout) -> None:
         print(f"{r['contender']:18s} {r['weights_gb']:10.2f} {r['graph_s']:8.1f} {r['process_s']:9.1f} "
               f"{f('later_step_s', '7.2f'):>7s} {r['peak_rss_gb']:11.2f} {r['peak_anon_gb']:12.2f} "
               f"{r['peak_anon_over_weights']:12.2f} {f('peak_anon_vs_ref', '8.2f'):>8s} "
-              f"{f('graph_s_vs_ref', '9.2f'):>9s} {diff:>10s}", file=out)
+              f"{f('graph_s_vs_ref', '9.2f'):>9s} {diff:>10s} {f('peak_vram_gb', '7.2f'):>7s}", file=out)
     m = res["machine"]
     print(f"reference: {ref}; {res['config']['size']}x{res['config']['size']}, {res['config']['steps']} steps; "
           f"{m['date_utc']} UTC, {m['cpu']}, {m['cpus']} CPUs, {m['memory_gb']:.0f} GiB", file=out)
 
 
 def run(contenders: list[Contender], sizes_name: str, size: int, steps: int, cache: Path, comfyui: Path,
-        limit_gb: float | None = None, workdir: Path | None = None, log=print) -> dict:
+        limit_gb: float | None = None, workdir: Path | None = None, log=print, device: str = "cpu") -> dict:
     from .errors import InputError
 
     if not (comfyui / "main.py").is_file():
@@ -581,12 +623,12 @@ def run(contenders: list[Contender], sizes_name: str, size: int, steps: int, cac
     for c in contenders:
         log(f"running {c.name} ...")
         r = run_contender(c, files, comfyui, size, steps, workdir,
-                          limit=int(limit_gb * GIB) if limit_gb else None)
+                          limit=int(limit_gb * GIB) if limit_gb else None, device=device)
         r["files"], r["fmt"], r["preset"] = list(c.files), c.fmt, c.preset
         log("  " + ("error: " + r["error"] if "error" in r else
                     f"graph {r['graph_s']:.1f} s, peak anon {r['peak_anon_gb']:.2f} GB, peak RSS {r['peak_rss_gb']:.2f} GB"))
         results.append(r)
-    res = {"config": {"sizes": sizes_name, "size": size, "steps": steps, "comfyui": str(comfyui),
+    res = {"config": {"sizes": sizes_name, "size": size, "steps": steps, "comfyui": str(comfyui), "device": device,
                       "files": {k: {"path": str(p), "gb": p.stat().st_size / GIB} for k, p in files.items()},
                       "max_anon_gb": limit_gb},
            "machine": machine(), "results": results}
@@ -608,13 +650,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-anon-gb", type=float, default=None,
                    help="kill a contender whose anonymous memory passes this (protects a shared machine)")
     p.add_argument("--workdir", default=None, help="ComfyUI base folders, logs and pictures (default: a temp folder)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cpu: ComfyUI with --cpu; cuda: ComfyUI on its GPU (peak VRAM sampled with nvidia-smi)")
     p.add_argument("--out", default="bench_full.json")
 
 
 def main_args(a) -> int:
     res = run(parse_contenders(a.contenders), "full" if a.full_size else "tiny", a.size, a.steps, Path(a.cache),
               Path(a.comfyui), a.max_anon_gb, Path(a.workdir) if a.workdir else None,
-              log=lambda s: print(s, file=sys.stderr, flush=True))
+              log=lambda s: print(s, file=sys.stderr, flush=True), device=a.device)
     print_table(res)
     Path(a.out).write_text(json.dumps(res, indent=1))
     print(f"wrote {a.out}", file=sys.stderr)
