@@ -23,7 +23,8 @@ Measured: wall time of the graph (queued to done) and of the whole process (star
 per sampling step (websocket progress), peak RSS (the kernel's VmHWM) and peak anonymous RSS (RssAnon
 sampled every 50 ms from /proc/<pid>/status; what cannot be dropped: file-backed pages of memory-mapped
 weights can), with the largest anonymous RSS during each node, and the largest pixel difference of the
-saved PNG to the reference contender (native-bf16 when it runs, else the first). `--max-anon-gb` kills a
+saved PNG to the reference contender (native-bf16 when it runs, else the first), and the major page
+faults (weight pages read from disk again because the kernel had dropped them: memory pressure). `--max-anon-gb` kills a
 contender whose anonymous memory passes the limit (on a shared machine). Prints a table, writes JSON.
 """
 
@@ -349,13 +350,16 @@ def graph(c: Contender, size: int, steps: int, seed: int = 42) -> dict:
 # ------------------------------------------------------------------------------------------------ memory
 
 def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM, RssAnon, RssFile of a process in bytes (Linux /proc)."""
+    """VmRSS, VmHWM, RssAnon, RssFile of a process in bytes and its major page faults so far (pages read
+    from disk: memory-mapped weights the kernel had dropped and had to read again), from Linux /proc."""
     out = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, rest = line.partition(":")
             if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                 out[key] = int(rest.split()[0]) * 1024
+    with open(f"/proc/{pid}/stat") as f:
+        out["majflt"] = int(f.read().rpartition(")")[2].split()[9])
     return out
 
 
@@ -367,7 +371,7 @@ class MemorySampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.limit, self.interval = pid, limit, interval
         self.samples: list[tuple[float, int]] = []  # (monotonic time, RssAnon)
-        self.peak = {"VmHWM": 0, "RssAnon": 0, "VmRSS": 0, "RssFile": 0}
+        self.peak = {"VmHWM": 0, "RssAnon": 0, "VmRSS": 0, "RssFile": 0, "majflt": 0}
         self.killed = False
         self._halt = threading.Event()
 
@@ -508,7 +512,7 @@ def run_contender(c: Contender, files: dict[str, Path], comfyui: Path, size: int
         _stop(proc)
         log.close()
     result.update(peak_rss_gb=mem.peak["VmHWM"] / GIB, peak_anon_gb=mem.peak["RssAnon"] / GIB,
-                  peak_file_gb=mem.peak["RssFile"] / GIB, device=device)
+                  peak_file_gb=mem.peak["RssFile"] / GIB, major_faults=mem.peak["majflt"], device=device)
     if vram is not None:
         result["peak_vram_gb"] = vram.peak / GIB if vram.peak is not None else None
     return result
@@ -586,7 +590,7 @@ def print_table(res: dict, out=sys.stdout) -> None:
     ref = res["summary"]["reference"]
     print(f"{'contender':18s} {'weights GB':>10s} {'graph s':>8s} {'process s':>9s} {'s/step':>7s} "
           f"{'peak RSS GB':>11s} {'peak anon GB':>12s} {'anon/weights':>12s} {'anon/ref':>8s} {'graph/ref':>9s} "
-          f"{'pixel diff':>10s} {'VRAM GB':>7s}", file=out)
+          f"{'pixel diff':>10s} {'VRAM GB':>7s} {'maj faults':>10s}", file=out)
     for r in res["results"]:
         if "error" in r:
             print(f"{r['contender']:18s} {r['weights_gb']:10.2f} error: {r['error'][:60]} (peak anon "
@@ -600,7 +604,8 @@ def print_table(res: dict, out=sys.stdout) -> None:
         print(f"{r['contender']:18s} {r['weights_gb']:10.2f} {r['graph_s']:8.1f} {r['process_s']:9.1f} "
               f"{f('later_step_s', '7.2f'):>7s} {r['peak_rss_gb']:11.2f} {r['peak_anon_gb']:12.2f} "
               f"{r['peak_anon_over_weights']:12.2f} {f('peak_anon_vs_ref', '8.2f'):>8s} "
-              f"{f('graph_s_vs_ref', '9.2f'):>9s} {diff:>10s} {f('peak_vram_gb', '7.2f'):>7s}", file=out)
+              f"{f('graph_s_vs_ref', '9.2f'):>9s} {diff:>10s} {f('peak_vram_gb', '7.2f'):>7s} "
+              f"{f('major_faults', '10d'):>10s}", file=out)
     m = res["machine"]
     print(f"reference: {ref}; {res['config']['size']}x{res['config']['size']}, {res['config']['steps']} steps; "
           f"{m['date_utc']} UTC, {m['cpu']}, {m['cpus']} CPUs, {m['memory_gb']:.0f} GiB", file=out)
