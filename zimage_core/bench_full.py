@@ -244,9 +244,7 @@ def write_file(key: str, path: Path, sizes: Sizes, files: dict[str, Path], seed:
         from .tiny.vae import random_vae
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        part = path.with_name(path.name + ".part")
-        save_file({k: v.contiguous() for k, v in random_vae(sizes.vae, seed).state_dict().items()}, str(part))
-        os.replace(part, path)
+        save_file({k: v.contiguous() for k, v in random_vae(sizes.vae, seed).state_dict().items()}, str(path))
         return path
     raise KeyError(key)
 
@@ -262,7 +260,9 @@ def ensure_files(keys, root: Path, sizes: Sizes, log=print) -> dict[str, Path]:
         if not path.exists():
             t0 = time.perf_counter()
             log(f"writing {path} ...")
-            write_file(key, path, sizes, paths)
+            part = path.with_name(path.name + ".part")  # renamed when complete: a cut run leaves no such file
+            write_file(key, part, sizes, paths)
+            os.replace(part, path)
             log(f"  {path.stat().st_size / GIB:.2f} GiB in {time.perf_counter() - t0:.0f} s")
         paths[key] = path
     return paths
