@@ -15,7 +15,7 @@ say why instead of a number. The text encoder uses the small test tokenizer's vo
 The `comfy` rows are the full-size table of `python -m zimage_core bench` (zimage_core/bench_full.py) on the
 GPU: native ComfyUI (UNETLoader + CLIPLoader lumina2 + KSampler, with --bf16-unet and by default) and our
 nodes with each memory preset of ZImageDiTLoader, each graph in a fresh ComfyUI process at the check's size
-and steps, with its files in the released layouts (real vocabulary; written once in --workdir, ~21 GB):
+and steps, with its files in the released layouts (real vocabulary; written once in --workdir, 19.3 GiB):
 peak VRAM of the process (nvidia-smi), s/step, and ratios and the pixel difference to native bf16 of the
 same run. They need ComfyUI (COMFYUI_PATH); without it they say so.
 """
@@ -66,7 +66,7 @@ def plan(have_diffusers: bool) -> list[Row]:
     rows.append(Row("ours bf16 high compile", "ours", compile=True, limit_s=150, min_s=60))
     rows += [Row(f"ours gguf {q}", "gguf", dit=q) for q in ("Q8_0", "Q4_K")]
     # ComfyUI at full size: native bf16 first (the reference of the others), then ours per preset; the first row
-    # also writes the files (~21 GB, a few minutes on the CPU)
+    # also writes the files (19.3 GiB, a few minutes on the CPU)
     rows.append(Row("comfy native bf16", "comfy", contender="native-bf16", limit_s=420, min_s=120))
     rows += [Row(f"comfy ours {p}", "comfy", preset=p, contender=f"ours@{p}", limit_s=180, min_s=60)
              for p in ("high", "12GB", "8GB", "6GB")]
