@@ -96,7 +96,9 @@ class ZImageDiTLoader:
 
 class ZImageTextEncoderLoader:
     DESCRIPTION = ("Loads the Qwen3-4B text encoder of Z-Image from models/text_encoders (qwen_3_4b.safetensors, "
-                   "a text_encoder folder) or a diffusers folder in models/diffusers, with its tokenizer.")
+                   "fp8, a llama.cpp .gguf, a text_encoder folder) or a diffusers folder in models/diffusers, with its "
+                   "tokenizer. The weights keep their stored dtype; ComfyUI offloads the encoder when the DiT needs "
+                   "the memory.")
     CATEGORY = "Z-Image/loaders"
     RETURN_TYPES = ("ZIMAGE_TEXT_ENCODER",)
     RETURN_NAMES = ("text_encoder",)
@@ -112,7 +114,9 @@ class ZImageTextEncoderLoader:
                            "folder there, or a diffusers folder in models/diffusers."}),
             "dtype": (["auto", *TE_DTYPES], {
                 "default": "auto",
-                "tooltip": "Compute dtype. auto: ComfyUI's text-encoder dtype on a GPU (usually bf16), fp32 on the CPU."}),
+                "tooltip": "Compute dtype. auto: ComfyUI's text-encoder dtype on a GPU (usually bf16), fp32 on the CPU. "
+                           "The weights stay in the file's dtype (bf16, fp8, GGUF; memory-mapped on the CPU) and are "
+                           "cast one layer at a time, so a bf16 Qwen3-4B needs 8 GB, not 16."}),
             "device": (["default", "cpu"], {
                 "default": "default",
                 "tooltip": "default: ComfyUI's text-encoder device (the GPU when it fits); cpu: always run on the CPU, "

@@ -171,6 +171,57 @@ def test_bf16_load_is_close(tiny, te):
     assert b.dtype == torch.float32 and rel_err(b, a) < 0.1
 
 
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """Address ranges of this process's memory maps of `path` (/proc/self/maps)."""
+    out = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and Path(parts[5]) == path.resolve():
+            a, b = parts[0].split("-")
+            out.append((int(a, 16), int(b, 16)))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_bf16_weights_stay_bf16_in_the_memory_mapped_file_and_encode_like_the_fp32_file(tiny, te, tmp_path):
+    sd = load_file(str(tiny["single_file"]))
+    f = tmp_path / "qwen_3_4b_bf16.safetensors"
+    save_file({k: v.bfloat16() for k, v in sd.items()}, str(f))
+    f32 = tmp_path / "qwen_3_4b_bf16_as_fp32.safetensors"  # the same values, stored as fp32
+    save_file({k: v.bfloat16().float() for k, v in sd.items()}, str(f32))
+    m = load_text_encoder(f, tokenizer_path=tiny["tokenizer"])  # compute dtype fp32 (the CPU's)
+    ranges = _mapped_ranges(f)
+    assert ranges
+    for name, p in m.model.named_parameters():
+        assert p.dtype == torch.bfloat16, name
+        assert any(a <= p.data_ptr() < b for a, b in ranges), f"{name} was copied out of the file"
+    reference = load_text_encoder(f32, tokenizer_path=tiny["tokenizer"])
+    assert all(p.dtype == torch.float32 for p in reference.model.parameters())
+    for a, b in zip(m.encode([SHORT, "x"]), reference.encode([SHORT, "x"])):
+        assert a.dtype == torch.float32 and rel_err(a, b) < 1e-6
+
+
+def test_scaled_fp8_weights_stay_fp8_and_encode_like_their_dequantized_values(tiny, tmp_path):
+    sd = load_file(str(tiny["single_file"]))
+    fp8, dense = {"scaled_fp8": torch.zeros(2, dtype=torch.float8_e4m3fn)}, {}
+    for k, v in sd.items():
+        if k.endswith("_proj.weight"):  # the linear layers, as ComfyUI's scaled-fp8 files store them
+            scale = v.abs().amax() / 448
+            fp8[k] = (v / scale).to(torch.float8_e4m3fn)
+            fp8[k[: -len("weight")] + "scale_weight"] = scale.reshape(1)
+            dense[k] = fp8[k].float() * scale
+        else:
+            fp8[k] = dense[k] = v.bfloat16()
+    save_file(fp8, str(tmp_path / "qwen_3_4b_fp8_scaled.safetensors"))
+    save_file(dense, str(tmp_path / "dense.safetensors"))
+    q = load_text_encoder(tmp_path / "qwen_3_4b_fp8_scaled.safetensors", tokenizer_path=tiny["tokenizer"])
+    proj = q.model.model.layers[0].mlp.up_proj
+    assert proj.weight.dtype == torch.float8_e4m3fn and proj.scale_weight is not None
+    d = load_text_encoder(tmp_path / "dense.safetensors", tokenizer_path=tiny["tokenizer"])
+    for a, b in zip(q.encode([SHORT]), d.encode([SHORT])):
+        assert rel_err(a, b) < 1e-5
+
+
 def test_lm_head_in_file_is_loaded_untied(tiny, tmp_path):
     sd = load_file(str(tiny["single_file"]))
     sd = {k[len("model."):]: v for k, v in sd.items()}  # also: no `model.` prefix

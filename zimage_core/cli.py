@@ -1,4 +1,5 @@
-"""Command line: `python -m zimage_core generate ...` and `python -m zimage_core make-tiny --out DIR`."""
+"""Command line: `python -m zimage_core generate ...`, `python -m zimage_core make-tiny --out DIR` and
+`python -m zimage_core bench --full-size` (zimage_core.bench_full)."""
 
 from __future__ import annotations
 
@@ -276,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(diffusion_models/z_image_tiny-<TYPE>.gguf, a 768-wide tiny DiT so K-quant rows are whole blocks; "
                    "text_encoders/qwen_3_4b_tiny-<TYPE>.gguf with llama.cpp names)")
     t.set_defaults(func=cmd_make_tiny)
+
+    from . import bench_full
+
+    b = sub.add_parser("bench", help="native ComfyUI against our nodes at the released sizes (random weights), "
+                                     "each in a fresh ComfyUI process: time, peak RSS / anonymous RSS, pixels")
+    bench_full.add_arguments(b)
+    b.set_defaults(func=bench_full.main_args)
     return p
 
 

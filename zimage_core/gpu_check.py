@@ -3,6 +3,7 @@
     python -m zimage_core.gpu_check --out $OUT [--workdir DIR] [--budget-s 480]
     python -m zimage_core.gpu_check --tiny --out DIR      # the same code path on the CPU, in seconds
     python -m zimage_core.gpu_check --dry-run             # the plan: rows, sizes, disk and VRAM estimates
+    python -m zimage_core.gpu_check --only comfy --out $OUT   # only the ComfyUI rows (see below)
 
 Writes random weights in the real formats (bf16 DiT 6.15B as a ComfyUI single file + its fp8 copy,
 Qwen3-4B-shaped text encoder as a Hugging Face folder, Flux VAE), drawn on the GPU. Then runs the rows in
@@ -10,6 +11,13 @@ order of importance, each under a time guard, writing `gpu_check.json` and `gpu_
 so a timeout still leaves results. Rows that cannot run here (no diffusers, no GGUF loader, no ComfyUI)
 say why instead of a number. The text encoder uses the small test tokenizer's vocabulary (704 tokens, not
 151936): 0.4B fewer embedding parameters than the real Qwen3-4B, the same per-token compute.
+
+The `comfy` rows are the full-size table of `python -m zimage_core bench` (zimage_core/bench_full.py) on the
+GPU: native ComfyUI (UNETLoader + CLIPLoader lumina2 + KSampler, with --bf16-unet and by default) and our
+nodes with each memory preset of ZImageDiTLoader, each graph in a fresh ComfyUI process at the check's size
+and steps, with its files in the released layouts (real vocabulary; written once in --workdir, 19.3 GiB):
+peak VRAM of the process (nvidia-smi), s/step, and ratios and the pixel difference to native bf16 of the
+same run. They need ComfyUI (COMFYUI_PATH); without it they say so.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ class Row:
     compile: bool = False
     limit_s: float = 60  # time guard (full size); the tiny run scales it down
     min_s: float = 15  # skipped when less budget than this is left
+    contender: str = ""  # comfy rows: a zimage_core.bench_full contender (native-bf16, ours@8GB, ...)
 
 
 def plan(have_diffusers: bool) -> list[Row]:
@@ -56,7 +65,16 @@ def plan(have_diffusers: bool) -> list[Row]:
     rows.append(Row("ours bf16 auto", "ours", preset="auto", limit_s=45))
     rows.append(Row("ours bf16 high compile", "ours", compile=True, limit_s=150, min_s=60))
     rows += [Row(f"ours gguf {q}", "gguf", dit=q) for q in ("Q8_0", "Q4_K")]
+    # ComfyUI at full size: native bf16 first (the reference of the others), then ours per preset; the first row
+    # also writes the files (19.3 GiB, a few minutes on the CPU)
+    rows.append(Row("comfy native bf16", "comfy", contender="native-bf16", limit_s=420, min_s=120))
+    rows += [Row(f"comfy ours {p}", "comfy", preset=p, contender=f"ours@{p}", limit_s=180, min_s=60)
+             for p in ("high", "12GB", "8GB", "6GB")]
+    rows.append(Row("comfy native default", "comfy", contender="native-default", limit_s=180, min_s=60))
     return rows
+
+
+COMFY_REFERENCE = "native-bf16"
 
 
 # -- weights ------------------------------------------------------------------------------------------
@@ -110,8 +128,9 @@ def sizes(cfg: dict) -> dict[str, int]:
 
 
 # -- measuring ----------------------------------------------------------------------------------------
-class RowTimeout(Exception):
-    pass
+class RowTimeout(BaseException):
+    """The row's time guard (SIGALRM); not an Exception, so no handler of the row's own code takes it for
+    an error of its own (the row's cleanup still runs)."""
 
 
 def _alarm(signum, frame):
@@ -149,9 +168,11 @@ def _eight_bit(image) -> torch.Tensor:
 
 
 class Check:
-    def __init__(self, cfg: dict, device: torch.device, paths: dict, out: Path, tiny: bool):
+    def __init__(self, cfg: dict, device: torch.device, paths: dict, out: Path, tiny: bool, work: Path | None = None):
         self.cfg, self.device, self.paths, self.out, self.tiny = cfg, device, paths, out, tiny
+        self.work = Path(work or out)
         self.images: dict[str, torch.Tensor] = {}
+        self.comfy: dict[str, dict] = {}  # bench_full results of the comfy rows that ran, by contender
 
     def run_row(self, row: Row) -> dict:
         return getattr(self, "_" + row.kind)(row)
@@ -252,10 +273,73 @@ class Check:
             probe.unlink()
         return {"status": f"not run: the loader reads GGUF, but this check does not write {row.dit} weights yet"}
 
+    def _comfy(self, row: Row) -> dict:
+        """One graph in a fresh ComfyUI process (zimage_core.bench_full), on this check's device."""
+        import os
+
+        from . import bench_full
+
+        comfyui = Path(os.environ.get("COMFYUI_PATH") or "/nonexistent")
+        if not (comfyui / "main.py").is_file():
+            return {"status": "not available: no ComfyUI (set COMFYUI_PATH to a ComfyUI folder)"}
+        (c,) = bench_full.parse_contenders(row.contender)
+        if self.tiny and c.kind == "native":
+            return {"status": "not run: native ComfyUI builds Z-Image only at the released sizes (the GPU run)"}
+        if self.tiny and self.comfy:
+            return {"status": "skipped: the tiny run proves the path with one ComfyUI row"}
+        sizes = "tiny" if self.tiny else "full"
+        files = bench_full.ensure_files(c.files, self.work / "comfy" / sizes, bench_full.SIZES[sizes],
+                                        log=lambda s: print(s, flush=True))
+        (self.out / "comfy").mkdir(parents=True, exist_ok=True)
+        r = bench_full.run_contender(c, files, comfyui, self.cfg["size"], self.cfg["steps"], self.out / "comfy",
+                                     device=self.device.type)
+        if "error" in r:
+            return {"status": f"error: {r['error'][:300]}", "log": r.get("log")}
+        self.comfy[c.name] = r
+        return comfy_entry(r, self.comfy.get(COMFY_REFERENCE))
+
     def _free(self):
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def comfy_entry(r: dict, ref: dict | None) -> dict:
+    """A comfy row's figures from a bench_full result, with ratios and the pixel difference to `ref` (the
+    native bf16 row of the same run, when it ran)."""
+    from .bench_full import max_pixel_difference
+
+    e = {"graph_s": r["graph_s"], "step_s": r.get("later_step_s") or r.get("first_step_s"),
+         "first_step_s": r.get("first_step_s"), "peak_vram_gib": r.get("peak_vram_gb"),
+         "peak_rss_gib": r["peak_rss_gb"], "peak_anon_gib": r["peak_anon_gb"], "image": r.get("image")}
+    if ref is not None and ref is not r:
+        if e["step_s"] and (ref.get("later_step_s") or ref.get("first_step_s")):
+            e["step_vs_native"] = e["step_s"] / (ref.get("later_step_s") or ref["first_step_s"])
+        if e["peak_vram_gib"] and ref.get("peak_vram_gb"):
+            e["vram_vs_native"] = e["peak_vram_gib"] / ref["peak_vram_gb"]
+        if e["image"] and ref.get("image"):
+            e["max_pixel_diff_vs_native"] = max_pixel_difference(e["image"], ref["image"])
+    return e
+
+
+def comfy_table(result: dict) -> list[str]:
+    rows = [r for r in result["rows"] if r["kind"] == "comfy"]
+    if not rows:
+        return []
+
+    def f(v, fmt="{:.2f}"):
+        return "-" if v is None else fmt.format(v)
+    lines = [f"ComfyUI, released sizes, {result['size']}x{result['size']}, {result['steps']} steps, one fresh process "
+             "per graph (ratios and pixels vs native bf16 of this run):",
+             f"{'row':24s} {'status':8s} {'graph s':>8s} {'s/step':>7s} {'VRAM GiB':>8s} {'RSS GiB':>8s} "
+             f"{'step/nat':>8s} {'VRAM/nat':>8s} {'pixels':>7s}"]
+    for r in rows:
+        px = r.get("max_pixel_diff_vs_native")
+        lines.append(f"{r['name']:24s} {r.get('status', 'ok').split(':')[0]:8s} {f(r.get('graph_s'), '{:.1f}'):>8s} "
+                     f"{f(r.get('step_s')):>7s} {f(r.get('peak_vram_gib')):>8s} {f(r.get('peak_rss_gib')):>8s} "
+                     f"{f(r.get('step_vs_native')):>8s} {f(r.get('vram_vs_native')):>8s} "
+                     f"{'-' if px is None else f'{px}/255':>7s}")
+    return lines
 
 
 # -- report -------------------------------------------------------------------------------------------
@@ -268,6 +352,8 @@ def table(result: dict) -> str:
              f"{'row':32s} {'status':8s} {'load s':>7s} {'warm s':>7s} {'gen s':>7s} {'alloc GiB':>9s} "
              f"{'resv GiB':>9s} {'blocks':>6s}  note"]
     for r in result["rows"]:
+        if r["kind"] == "comfy":
+            continue  # their own table below
         status = r.get("status", "ok")
         note = "" if status == "ok" else status
         if "parity" in r:
@@ -281,7 +367,7 @@ def table(result: dict) -> str:
     o, d = by.get("ours bf16 high", {}).get("generate_s"), by.get("diffusers bf16", {}).get("generate_s")
     if o and d:
         lines.append(f"ours / diffusers generation time (bf16, all on the GPU): {o / d:.2f}")
-    return "\n".join(lines)
+    return "\n".join(lines + comfy_table(result))
 
 
 def write(result: dict, out: Path) -> None:
@@ -309,6 +395,8 @@ def dry_run(cfg: dict, rows: list[Row], total: int) -> str:
             what = f"~{full:.0f} GiB + activations"
         elif r.kind == "parity":
             what = f"fp32 (TF32 off), ~{2 * full:.0f} GiB, one pipeline at a time"
+        elif r.kind == "comfy":
+            what = f"ComfyUI process, {r.contender}, released file layouts"
         else:
             what = "capability probe"
         lines.append(f"  {r.name:32s} guard {r.limit_s:4.0f} s  {what}")
@@ -323,7 +411,13 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny config on the CPU (the same code path, seconds)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and estimates; build nothing")
     ap.add_argument("--budget-s", type=float, help="total time budget (default 480 full, 120 tiny)")
+    ap.add_argument("--only", help="run only rows of these kinds, comma-separated (ours, diffusers, parity, gguf, "
+                                   "comfy); the others are listed as skipped")
     args = ap.parse_args(argv)
+    kinds = {r.kind for r in plan(True)}
+    only = set(args.only.split(",")) if args.only else kinds
+    if only - kinds:
+        ap.error(f"--only: unknown row kind(s) {', '.join(sorted(only - kinds))}; expected {', '.join(sorted(kinds))}")
     cfg = TINY if args.tiny else FULL
     try:
         import diffusers
@@ -348,25 +442,30 @@ def main(argv=None) -> int:
               "diffusers": getattr(diffusers, "__version__", None),
               "device": torch.cuda.get_device_name(device) if cuda else "cpu", "rows": []}
     t0 = time.perf_counter()
-    paths = build_weights(work, cfg, device)
+    # the comfy rows write their own files (bench_full); the in-process rows need these
+    paths = build_weights(work, cfg, device) if only & {"ours", "diffusers", "parity"} else {}
     result["build_weights_s"] = time.perf_counter() - t0
     write(result, out)
-    check = Check(cfg, device, paths, out, args.tiny)
+    check = Check(cfg, device, paths, out, args.tiny, work)
     scale = 1 if cuda else 0.25  # the tiny rows take seconds; the guards stay generous
     old = signal.signal(signal.SIGALRM, _alarm)
     for row in rows:
         left = budget - (time.perf_counter() - start)
         entry = {"name": row.name, **asdict(row)}
-        if row.kind in ("diffusers", "parity") and diffusers is None:
+        if row.kind not in only:
+            entry["status"] = f"skipped: --only {args.only}"
+        elif row.kind in ("diffusers", "parity") and diffusers is None:
             entry["status"] = "not available: diffusers is not installed"
-        elif left < row.min_s * scale and row.kind in ("ours", "diffusers", "parity"):
+        elif left < row.min_s * scale and row.kind in ("ours", "diffusers", "parity", "comfy"):
             entry["status"] = f"skipped: {left:.0f} s of the budget left"
         else:
-            signal.setitimer(signal.ITIMER_REAL, max(1.0, min(row.limit_s * scale, left)))
+            # a ComfyUI process starts in ~15 s whatever the model size: the tiny run keeps those guards
+            guard = max(1.0, min(row.limit_s * (1 if row.kind == "comfy" else scale), left))
+            signal.setitimer(signal.ITIMER_REAL, guard)
             try:
                 entry.update(check.run_row(row))
             except RowTimeout:
-                entry["status"] = f"timed out after {min(row.limit_s * scale, left):.0f} s"
+                entry["status"] = f"timed out after {guard:.0f} s"
             except Exception as e:  # a failed row is a result; the next rows still run
                 entry["status"] = f"error: {type(e).__name__}: {str(e)[:300]}"
             finally:

@@ -303,17 +303,18 @@ class RMSNorm(HostCast, nn.Module):
 
 
 class Embedding(nn.Embedding):
-    """`nn.Embedding` whose table may be packed quantized rows (`quant` set): only the looked-up rows are
-    dequantized, into `compute_dtype`."""
+    """`nn.Embedding` whose table stays as stored (bf16, fp8, or packed quantized rows with `quant` set): only
+    the looked-up rows are cast / dequantized, into `compute_dtype` (set `_compute_dtype`; default: the
+    table's own dtype)."""
 
     quant = None
     _compute_dtype: torch.dtype | None = None
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        return self._compute_dtype if self.quant is not None else self.weight.dtype
+        return self._compute_dtype or self.weight.dtype
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.quant is None:
-            return super().forward(ids)
+            return super().forward(ids).to(self.compute_dtype)
         return self.quant.dequantize_rows(F.embedding(ids, self.weight), self.compute_dtype)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import Embedding, Linear, cast_workspace
+from .ops import Embedding, Linear, RMSNorm, cast_workspace
 
 
 @dataclass(frozen=True)
@@ -35,19 +35,6 @@ class Qwen3Config:
     rms_norm_eps: float = 1e-6
     rope_theta: float = 1e6
     tie_word_embeddings: bool = True
-
-
-class Qwen3RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
 
 
 def rotary(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,8 +73,8 @@ class Qwen3Attention(nn.Module):
         self.k_proj = Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
         self.v_proj = Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
         self.o_proj = Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
-        self.q_norm = Qwen3RMSNorm(self.head_dim, cfg.rms_norm_eps)
-        self.k_norm = Qwen3RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
                 cache: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> torch.Tensor:
@@ -130,8 +117,8 @@ class Qwen3DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Qwen3Attention(cfg)
         self.mlp = Qwen3MLP(cfg)
-        self.input_layernorm = Qwen3RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = Qwen3RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, x, rope, mask, cache=None):
         x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache)
@@ -147,7 +134,7 @@ class Qwen3Model(nn.Module):
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size,
                                       _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(Qwen3DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
-        self.norm = Qwen3RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def _rope(self, start: int, length: int, like: torch.Tensor):
         positions = torch.arange(start, start + length, device=like.device)
@@ -201,5 +188,7 @@ class Qwen3LM(nn.Module):
         with cast_workspace():
             for i, layer in enumerate(m.layers):
                 x = layer(x, rope, mask, (cache.k[i], cache.v[i], start))
-            cache.length = start + S
-            return self.lm_head(m.norm(x[:, -1])).float()
+        cache.length = start + S
+        # outside the workspace: the vocabulary-sized head is expanded a chunk of rows at a time (ops.Linear),
+        # never as a whole compute-dtype copy of the table (1.5 GB in fp32 for Qwen3-4B)
+        return self.lm_head(m.norm(x[:, -1])).float()

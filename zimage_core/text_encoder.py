@@ -8,7 +8,11 @@ valid (non-pad) token features are returned, one (L_i, hidden) float32 tensor pe
 Weights are read with `WeightSource` (safetensors) or `gguf.GGUFSource` (llama.cpp GGUF: names mapped through
 gguf's own tensor-name tables, quantized matrices and the embedding kept packed and dequantized on use)
 into our own `Qwen3LM` (`qwen3.py`), built on the
-meta device from a config inferred from the weight shapes and filled with `assign=True`; the lm_head is
+meta device from a config inferred from the weight shapes and filled with `assign=True`. As for the DiT,
+the weights keep their stored dtype (bf16, fp8 with or without scale_weight, GGUF blocks; a memory-mapped file
+stays mapped, never copied) and each layer is cast to the compute dtype when it runs (`ops.Linear` in the
+`cast_workspace`, `ops.RMSNorm`, `ops.Embedding`), so Qwen3-4B bf16 on a CPU needs its 8 GB file, not a 16 GB
+fp32 copy; the lm_head is
 tied to the embedding (one copy) so the same model can also generate text (prompt enhancer). The tokenizer
 runs on the `tokenizers` library (`tokenizer.py`); transformers is not needed at run time.
 """
@@ -164,7 +168,8 @@ def _plan(source: WeightSource, extra: dict):
     except CheckpointError as e:
         raise CheckpointError(f"{source.describe()}: not a usable Qwen3 text encoder ({e}).") from None
     names = {k: k[len(prefix):] for k in keys if k.startswith(prefix) and k != head_key}
-    shapes = {short: source.shape(k) for k, short in names.items()}
+    # scaled fp8 (ComfyUI's layout): per-tensor `<linear>.scale_weight`, and a `scaled_fp8` marker
+    shapes = {short: source.shape(k) for k, short in names.items() if not short.endswith(".scale_weight")}
     try:
         config = infer_qwen3_config(shapes, head_key is not None, extra)
     except (KeyError, IndexError, ZeroDivisionError) as e:
@@ -175,8 +180,10 @@ def _plan(source: WeightSource, extra: dict):
     expected = {"embed_tokens.weight", "norm.weight"} | {
         f"layers.{i}.{p}" for i in range(config.num_hidden_layers) for p in LAYER_PARAMS
     }
-    unexpected = sorted(set(keys) - set(names) - ({head_key} if head_key else set()))
+    unexpected = sorted(set(keys) - set(names) - ({head_key} if head_key else set()) - {"scaled_fp8"})
     unexpected += sorted(set(shapes) - expected)
+    unexpected += sorted(s for s in names.values() if s.endswith(".scale_weight")
+                         and s[: -len("scale_weight")] + "weight" not in expected)
     missing = sorted(expected - set(shapes))
     if missing or unexpected:
         parts = []
@@ -189,14 +196,27 @@ def _plan(source: WeightSource, extra: dict):
     return config, names, head_key
 
 
+def storage_dtype(stored: torch.dtype, compute: torch.dtype) -> torch.dtype:
+    """The dtype a tensor is kept in: as stored (bf16, fp16, fp8: cast one layer at a time when used), unless
+    it is wider than the compute dtype (an fp32 file computed in bf16 is kept in bf16: each use would round it
+    to bf16 anyway)."""
+    return compute if stored.itemsize > compute.itemsize else stored
+
+
 def _build_model(source: WeightSource, config: Qwen3Config, names: dict[str, str], head_key: str | None, dtype,
                  device) -> Qwen3LM:
-    """Qwen3LM on the meta device, filled with assign=True (one copy of the weights)."""
+    """Qwen3LM on the meta device, filled with assign=True (one copy of the weights). The weights keep their
+    stored dtype (`storage_dtype`): a memory-mapped file on the CPU stays mapped, not copied; every layer
+    computes in `dtype` (the embedding looks its rows up in `dtype`, ops.Linear casts its weight per call)."""
     with torch.device("meta"):
         model = Qwen3LM(config)
     device = torch.device(device)
     state = {}
+    scales = {}  # scaled fp8 (ComfyUI's scale_weight): Linear weight name -> per-tensor factor
     for full, short in names.items():
+        if short.endswith(".scale_weight"):
+            scales["model." + short[: -len("scale_weight")] + "weight"] = source.get(full).float().to(device)
+            continue
         t = source.get(full)
         if isinstance(t, QuantizedTensor):  # GGUF: Linear weights and the embedding stay packed
             module_name, _, leaf = ("model." + short).rpartition(".")
@@ -205,13 +225,12 @@ def _build_model(source: WeightSource, config: Qwen3Config, names: dict[str, str
                 packed = t.packed.to(device)
                 module.weight = torch.nn.Parameter(packed, requires_grad=False)
                 module.quant = t.format
-                module._compute_dtype = dtype
                 state["model." + short] = packed
                 continue
             t = t.dequantize(dtype)
         if not t.is_floating_point():
             raise CheckpointError(f"{source.describe()}: tensor '{full}' has dtype {t.dtype}, expected floating point.")
-        state["model." + short] = t.to(device=device, dtype=dtype)
+        state["model." + short] = t.to(device=device, dtype=storage_dtype(t.dtype, dtype))
     if head_key is not None:
         head = source.get(head_key)
         if isinstance(head, QuantizedTensor):
@@ -219,7 +238,7 @@ def _build_model(source: WeightSource, config: Qwen3Config, names: dict[str, str
             model.lm_head.quant = head.format
             state["lm_head.weight"] = model.lm_head.weight.data
         else:
-            state["lm_head.weight"] = head.to(device=device, dtype=dtype)
+            state["lm_head.weight"] = head.to(device=device, dtype=storage_dtype(head.dtype, dtype))
     try:
         result = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:  # shape mismatches between layers
@@ -228,6 +247,12 @@ def _build_model(source: WeightSource, config: Qwen3Config, names: dict[str, str
     leftover = [k for k in result.missing_keys if not (k == "lm_head.weight" and head_key is None)]
     if leftover or result.unexpected_keys:
         raise CheckpointError(f"{source.describe()}: could not load keys {(leftover + result.unexpected_keys)[:5]}.")
+    for name, scale in scales.items():
+        module = model.get_submodule(name.rsplit(".", 1)[0])
+        if not isinstance(module, Linear):
+            raise CheckpointError(f"{source.describe()}: a scale_weight for '{name}', which is not a linear layer.")
+        module.scale_weight = scale
+    model.model.embed_tokens._compute_dtype = dtype
     if head_key is None:  # tie: one copy of the embedding, used by the lm_head for generation
         model.tie_weights()
     return model.eval().requires_grad_(False)
@@ -276,7 +301,9 @@ def resolve_tokenizer_dir(path, tokenizer_path=None, fallback_dirs: list[Path] |
 def load_text_encoder(path, dtype: torch.dtype = torch.float32, device="cpu", tokenizer_path=None,
                       fallback_dirs: list[Path] | None = None) -> TextEncoder:
     """Load a Qwen3 text encoder from a ComfyUI single file, a HF `text_encoder/` folder (sharded or not) or a
-    whole diffusers model folder, plus its tokenizer (see `resolve_tokenizer_dir`)."""
+    whole diffusers model folder, plus its tokenizer (see `resolve_tokenizer_dir`).
+
+    dtype: the compute dtype (fp32 on the CPU); the weights keep their stored dtype (`storage_dtype`)."""
     path = Path(path)
     location = _weights_location(path)
     if location.suffix.lower() == ".gguf":

@@ -22,16 +22,16 @@ def random_dit_state(cfg: DiTConfig, seed: int = 0, device: str | torch.device =
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in ZImageDiT(cfg).state_dict().items()}
     g = torch.Generator(device).manual_seed(seed)
-    state = {}
-    for name, shape in shapes.items():
-        if "norm" in name:
-            t = 1 + 0.1 * torch.randn(shape, generator=g, device=device)
-        elif len(shape) == 2 and "pad_token" not in name:
-            t = torch.randn(shape, generator=g, device=device) * (0.5 / shape[1] ** 0.5)
-        else:
-            t = 0.1 * torch.randn(shape, generator=g, device=device)
-        state[name] = t.to(dtype).contiguous()
-    return state
+    return {name: random_dit_tensor(name, shape, g, device).to(dtype).contiguous() for name, shape in shapes.items()}
+
+
+def random_dit_tensor(name: str, shape, g: torch.Generator, device: str | torch.device = "cpu") -> torch.Tensor:
+    """One fp32 tensor of `random_dit_state` (also drawn alone, e.g. to stream a full-size file to disk)."""
+    if "norm" in name:
+        return 1 + 0.1 * torch.randn(shape, generator=g, device=device)
+    if len(shape) == 2 and "pad_token" not in name:
+        return torch.randn(shape, generator=g, device=device) * (0.5 / shape[1] ** 0.5)
+    return 0.1 * torch.randn(shape, generator=g, device=device)
 
 
 def diffusers_config(cfg: DiTConfig) -> dict:

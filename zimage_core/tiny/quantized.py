@@ -69,7 +69,9 @@ def _write(path: Path, tensors, arch: str = "lumina2", metadata=None) -> Path:
     """tensors: iterable of (name, array, GGUF type name); metadata(writer) adds key/values."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), arch)
+    # tensors go to a temporary file as they come (spilled to disk past 256 MiB), so a full-size model is
+    # written without holding it in memory
+    writer = gguf.GGUFWriter(str(path), arch, use_temp_file=True)
     if metadata is not None:
         metadata(writer)
     for name, data, typ in tensors:
@@ -134,13 +136,15 @@ def write_gguf_text_encoder(path: Path, single_file: Path, tokenizer_dir: Path |
     """A Qwen3 safetensors file (`model.` names) rewritten as a llama.cpp-style GGUF: architecture qwen3,
     tensor names from gguf's own name table (token_embd, blk.N.attn_q, ...), the hyper-parameters and, when
     `tokenizer_dir` is given, the vocabulary (tokenizer.ggml.tokens) as llama.cpp's converter stores them."""
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     _check_type(qtype)
-    sd = {k.removeprefix("model."): v for k, v in load_file(str(single_file)).items()}
-    layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("layers."))
-    vocab, hidden = sd["embed_tokens.weight"].shape
-    head_dim = sd["layers.0.self_attn.q_norm.weight"].shape[0]
+    src = safe_open(str(single_file), framework="pt")  # read one tensor at a time (full-size files too)
+    keys = {k.removeprefix("model."): k for k in src.keys()}
+    shapes = {k: tuple(src.get_slice(full).get_shape()) for k, full in keys.items()}
+    layers = 1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("layers."))
+    vocab, hidden = shapes["embed_tokens.weight"]
+    head_dim = shapes["layers.0.self_attn.q_norm.weight"][0]
     table = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, layers)
     rng = np.random.default_rng(seed)
 
@@ -148,9 +152,9 @@ def write_gguf_text_encoder(path: Path, single_file: Path, tokenizer_dir: Path |
         w.add_block_count(layers)
         w.add_context_length(40960)
         w.add_embedding_length(hidden)
-        w.add_feed_forward_length(sd["layers.0.mlp.gate_proj.weight"].shape[0])
-        w.add_head_count(sd["layers.0.self_attn.q_proj.weight"].shape[0] // head_dim)
-        w.add_head_count_kv(sd["layers.0.self_attn.k_proj.weight"].shape[0] // head_dim)
+        w.add_feed_forward_length(shapes["layers.0.mlp.gate_proj.weight"][0])
+        w.add_head_count(shapes["layers.0.self_attn.q_proj.weight"][0] // head_dim)
+        w.add_head_count_kv(shapes["layers.0.self_attn.k_proj.weight"][0] // head_dim)
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
         w.add_rope_freq_base(1e6)
@@ -164,7 +168,8 @@ def write_gguf_text_encoder(path: Path, single_file: Path, tokenizer_dir: Path |
             w.add_token_list([t for t, _ in sorted(ids.items(), key=lambda kv: kv[1])])
 
     def tensors():
-        for k, t in sd.items():
-            yield table.get_name("model." + k, try_suffixes=(".weight",)), *gguf_tensor(k, t, qtype, rng)
+        for k, full in keys.items():
+            yield table.get_name("model." + k, try_suffixes=(".weight",)), *gguf_tensor(k, src.get_tensor(full), qtype, rng)
 
     return _write(path, tensors(), "qwen3", metadata)
+
