@@ -135,3 +135,41 @@ def _distributed_copy():
     parent = tempfile.mkdtemp(prefix="zimage-dist-pack-")
     copy_pack(src, parent)
     return parent
+
+
+WIDE_DIT, WIDE_VAE, TINY_TE = "z_image_wide.safetensors", "ae_full.safetensors", "qwen_3_4b_tiny.safetensors"
+
+
+@pytest.fixture(scope="session")
+def wide_models(comfyui_host, tiny, tmp_path_factory):
+    """Files that ComfyUI's own loaders take, on the session's server, written once per session (~2.3 GB): a
+    full-width random DiT (dim 3840, the only width from which ComfyUI builds a Z-Image model; 1 main layer,
+    2 refiner blocks, bf16, ~2 GB) in diffusion_models as WIDE_DIT, a full-size random Flux VAE (native VAELoader
+    needs the real shapes) in vae as WIDE_VAE, and the tiny single-file text encoder in text_encoders as TINY_TE
+    (with its tokenizer). Yields the host; the server frees its models after each module that loads them."""
+    import torch
+    from safetensors.torch import save_file
+
+    from zimage_core.tiny.dit import random_dit_state
+    from zimage_core.tiny.vae import random_vae
+    from zimage_core.transformer import DiTConfig
+    from zimage_core.vae import VAEConfig
+
+    host = comfyui_host
+    d = tmp_path_factory.mktemp("wide_models")
+    cfg = DiTConfig(dim=3840, n_layers=1, n_refiner_layers=2, n_heads=30, ffn_dim=10240, cap_feat_dim=64)
+    save_file(random_dit_state(cfg, seed=1, dtype=torch.bfloat16), str(d / WIDE_DIT))
+    ae = random_vae(VAEConfig(channels=(128, 256, 512, 512), num_res_blocks=2, z_channels=16), seed=1)
+    save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(d / WIDE_VAE))
+    del ae
+    host.put_model("diffusion_models", WIDE_DIT, d / WIDE_DIT)
+    host.put_model("vae", WIDE_VAE, d / WIDE_VAE)
+    host.put_model("text_encoders", TINY_TE, tiny["text_encoder"])
+    host.put_model("text_encoders", "tokenizer", tiny["tokenizer"])
+    try:
+        yield host
+    finally:
+        for folder, name in (("diffusion_models", WIDE_DIT), ("vae", WIDE_VAE)):
+            host.remove_model(folder, name)
+        for path in (d / WIDE_DIT, d / WIDE_VAE):  # 2.3 GB: not left for pytest's tmp retention
+            path.unlink(missing_ok=True)

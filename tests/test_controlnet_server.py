@@ -11,46 +11,36 @@ from pathlib import Path
 import numpy as np
 import pytest
 import workflow_support as ws
+from conftest import TINY_TE as TE
+from conftest import WIDE_DIT as DIT
+from conftest import WIDE_VAE as VAE
 from PIL import Image
 
 PROMPT = "a red fox in the snow at sunrise"
 SIZE = 64
-DIT, CN, VAE = "z_image_wide_cn.safetensors", "cn_wide_lite.safetensors", "ae_full_cn.safetensors"
+CN = "cn_wide_lite.safetensors"
 
 
 @pytest.fixture(scope="module")
-def server(comfyui_host, tiny, tmp_path_factory):
+def server(wide_models, tmp_path_factory):
     import torch
     from safetensors.torch import save_file
 
     from zimage_core.controlnet import ControlNetConfig
     from zimage_core.tiny.controlnet import random_controlnet_state
-    from zimage_core.tiny.dit import random_dit_state
-    from zimage_core.transformer import DiTConfig
-    from zimage_core.vae import VAEConfig
-    from zimage_core.tiny.vae import random_vae
 
-    host = comfyui_host
+    host = wide_models
     d = tmp_path_factory.mktemp("cn_server")
-    cfg = DiTConfig(dim=3840, n_layers=1, n_refiner_layers=2, n_heads=30, ffn_dim=10240, cap_feat_dim=64)
-    save_file(random_dit_state(cfg, seed=1, dtype=torch.bfloat16), str(d / DIT))
     ccfg = ControlNetConfig(dim=3840, n_heads=30, ffn_dim=10240, control_in_dim=33, n_control_layers=3,
                             variant="refiner")
     save_file(random_controlnet_state(ccfg, seed=2, dtype=torch.bfloat16), str(d / CN))
-    ae = random_vae(VAEConfig(channels=(128, 256, 512, 512), num_res_blocks=2, z_channels=16), seed=1)
-    save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(d / VAE))
-    del ae
-    host.put_model("diffusion_models", DIT, d / DIT)
     host.put_model("model_patches", CN, d / CN)
-    host.put_model("vae", VAE, d / VAE)
-    host.put_model("text_encoders", "qwen_3_4b_tiny.safetensors", tiny["text_encoder"])
-    host.put_model("text_encoders", "tokenizer", tiny["tokenizer"])
     ws.write_example_image(Path(host.input_dir) / "cn_control.png", SIZE)
     try:
         yield host
     finally:
-        for folder, name in (("diffusion_models", DIT), ("model_patches", CN), ("vae", VAE)):
-            host.remove_model(folder, name)
+        host.remove_model("model_patches", CN)
+        (d / CN).unlink(missing_ok=True)
         host.free()  # the wide models leave the shared server's memory
 
 
@@ -80,7 +70,7 @@ def test_zimage_fun_controlnet_on_our_model_equals_it_on_the_native_model(server
     g = {
         "1": {"class_type": "ZImageDiTLoader", "inputs": {"dit_name": DIT, "weight_dtype": "auto"}},
         "2": {"class_type": "ZImageTextEncoderLoader",
-              "inputs": {"text_encoder_name": "qwen_3_4b_tiny.safetensors", "dtype": "auto", "device": "default"}},
+              "inputs": {"text_encoder_name": TE, "dtype": "auto", "device": "default"}},
         "4": {"class_type": "ZImageTextEncode", "inputs": {"text_encoder": ["2", 0], "text": PROMPT}},
         "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
         "6": {"class_type": "ZImageDiTToModel", "inputs": {"dit": ["1", 0]}},
@@ -111,7 +101,7 @@ def test_nag_model_node_refuses_comfyuis_native_model_and_the_server_keeps_servi
             "6": {"class_type": "ZImageDiTToModel", "inputs": {"dit": ["1", 0]}},
             "11": {"class_type": "UNETLoader", "inputs": {"unet_name": DIT, "weight_dtype": "default"}},
             "2": {"class_type": "ZImageTextEncoderLoader",
-                  "inputs": {"text_encoder_name": "qwen_3_4b_tiny.safetensors", "dtype": "auto", "device": "default"}},
+                  "inputs": {"text_encoder_name": TE, "dtype": "auto", "device": "default"}},
             "4": {"class_type": "ZImageTextEncode", "inputs": {"text_encoder": ["2", 0], "text": PROMPT}},
             "7": {"class_type": "ZImageTextEncode", "inputs": {"text_encoder": ["2", 0], "text": "blurry, watermark"}},
             "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
