@@ -204,6 +204,9 @@ def _batch(rows: list[torch.Tensor], rot: list[torch.Tensor]):
 
 
 class ZImageDiT(nn.Module):
+    # Modules are registered in the order of ComfyUI's NextDiT (and of the checkpoints), here and in
+    # TransformerBlock: host code that walks named_modules() in order behaves as on the native model (ComfyUI's
+    # TrainLoraNode draws each adapter's random init from the global RNG in that order).
     def __init__(self, cfg: DiTConfig, compute_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.cfg = cfg
