@@ -113,6 +113,11 @@ def test_a_lora_trained_on_our_model_gives_natives_pictures_through_loramodelloa
     bridge["hm"].release(bridge["patched"].dit)
     assert close(got, want)
     assert close(got, picture(bridge, native_model(bridge), native[0]))
+    # ... and through our LoRA loader on the DiT: every key used, the norms' `.diff` patches included
+    report = bridge["mod"]("zimage_core.lora").load_lora(f, bridge["patched"].dit).report
+    assert not report.unused and {"norm diff", "bias diff"} <= report.styles
+    (with_lora,) = bridge["mod"]("nodes.lora").ZImageLoraLoader().apply(bridge["patched"], str(f), 1.0)
+    assert close(ksample(our_model(bridge, with_lora), cond(1), torch.zeros(1, 16, 6, 8)), want)
 
 
 @pytest.mark.parametrize("options", [

@@ -339,6 +339,9 @@ class RMSNorm(HostCast, nn.Module):
     Besides the plain norm it offers the two fused forms the S3-DiT blocks need, each one pass fewer
     over the activations than norm-then-multiply: `modulated` (x normalised times weight*scale) and
     `gated_residual` (residual + gate * norm(y)).
+
+    `patches` is a list of callables `patch(w) -> w'` applied in order to the weight as computed for the call
+    (a LoRA file's `.diff` of this norm adds `scale * d`); the stored weight is never modified.
     """
 
     bias = None  # ComfyUI's loader asks every layer that speaks HostCast for its bias
@@ -347,6 +350,7 @@ class RMSNorm(HostCast, nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.patches: list = []
 
     def normalized(self, x: torch.Tensor) -> torch.Tensor:
         """x / rms(x), without the weight, in x's dtype (the mean square is taken in fp32)."""
@@ -355,7 +359,10 @@ class RMSNorm(HostCast, nn.Module):
         return (xf * (ms + self.eps).rsqrt()).to(x.dtype)
 
     def _weight(self, x: torch.Tensor) -> torch.Tensor:
-        return self._host_param(self.weight, x, self.weight_function)
+        w = self._host_param(self.weight, x, self.weight_function)
+        for patch in self.patches:
+            w = patch(w)
+        return w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.normalized(x).mul_(self._weight(x))
