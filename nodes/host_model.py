@@ -73,7 +73,7 @@ def _step_of(transformer_options: dict) -> tuple[int, float | None, int]:
     sigmas = transformer_options.get("sample_sigmas")
     if sigma is None:
         return 0, None, 1
-    s = float(sigma.reshape(-1)[0])
+    s = float(sigma.detach().reshape(-1)[0])  # detached: TrainLoraNode passes sigmas that require grad
     if sigmas is None or len(sigmas) < 2:
         return 0, s, 1
     grid = sigmas[:-1].float().cpu()

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from zimage_core.dit_loader import diffusers_to_native_name, native_to_diffusers
 from zimage_core.errors import CheckpointError, InputError
 from zimage_core.lora import load_lora, merge_lora, merged_copy
+from zimage_core.ops import Linear
 from zimage_core.patching import PatchedDiT
 from zimage_core.tiny.dit import TINY_DIT, random_dit_state, write_diffusers_folder
 from zimage_core.transformer import ZImageDiT
@@ -145,7 +146,7 @@ def test_peft_style_matches_diffusers_load_lora_weights(setup):
                                                    return_dict=False)[0]])
     patch = load_lora(d / "peft.safetensors", dit)
     # every Linear of the model is targeted: attention, FFN, adaLN, refiners, embedders, final layer
-    assert patch.report.modules_patched == sum(1 for m in dit.modules() if hasattr(m, "patches"))
+    assert patch.report.modules_patched == sum(1 for m in dit.modules() if isinstance(m, Linear))
     assert patch.report.unused == []
     got = run(dit, patch)
     assert rel_err(run(dit), expected) > 0.1  # the LoRA matters
@@ -243,6 +244,29 @@ def test_merged_equals_runtime_in_fp32_and_unmerge_restores_exactly(setup):
     unmerge()
     assert torch.equal(run(dit), base)
 
+
+
+def test_norm_diffs_as_comfyui_trains_them_patch_the_norm_weights_at_run_time_and_merged(setup, tmp_path):
+    """ComfyUI's TrainLoraNode writes `<norm>.diff` [dim] for every RMSNorm (w' = w + s d) beside its LoRAs."""
+    d, state, _, dit = setup
+    g = torch.Generator().manual_seed(3)
+    diffs = {k[: -len(".weight")]: torch.randn(v.shape, generator=g) * 0.2 for k, v in state.items()
+             if v.ndim == 1 and k.endswith(".weight")}  # the RMSNorms
+    assert any("q_norm" in k for k in diffs) and "cap_embedder.0" in diffs
+    save_file({f"diffusion_model.{k}.diff": v for k, v in diffs.items()}, str(tmp_path / "norms.safetensors"))
+    patch = load_lora(tmp_path / "norms.safetensors", dit).with_strength(0.5)
+    assert not patch.report.unused and patch.report.modules_patched == len(diffs)
+    ref = make_dit({k: v + 0.5 * diffs[k[: -len(".weight")]] if k[: -len(".weight")] in diffs else v
+                    for k, v in state.items()})
+    base, want = run(dit), run(ref)
+    assert rel_err(want, base) > 1e-2
+    assert rel_err(run(dit, patch), want) <= 1e-6
+    assert torch.equal(run(dit), base)  # uninstalled after the run
+    assert rel_err(run(merged_copy(dit, patch)), want) <= 1e-6
+    unmerge = merge_lora(dit, patch)
+    assert rel_err(run(dit), want) <= 1e-6
+    unmerge()
+    assert torch.equal(run(dit), base)
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_merge_and_runtime_with_half_precision_storage(setup, dtype):

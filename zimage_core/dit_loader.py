@@ -31,7 +31,7 @@ import torch
 from .checkpoint import WeightSource, identify, strip_prefix, wrong_model_error
 from .errors import CheckpointError
 from .ops import Linear
-from .quant import COMFY_QUANT_FORMATS, ComfyQuantWeight, QuantizedTensor
+from .quant import COMFY_QUANT_FORMATS, ComfyQuantWeight, PackedParameter, QuantizedTensor
 from .transformer import DiTConfig, ZImageDiT
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -298,10 +298,9 @@ def load_dit(
             module_name, _, leaf = name.rpartition(".")
             module = model.get_submodule(module_name)
             if leaf == "weight" and isinstance(module, Linear):  # kept packed, dequantized per forward
-                packed = t.packed.to(device)
-                module.weight = torch.nn.Parameter(packed, requires_grad=False)
+                module.weight = PackedParameter(t.packed.to(device), shape=t.shape)
                 module.quant = t.format
-                state[name] = packed
+                state[name] = module.weight
                 for scale_name, scale in t.scales:  # parameters, so they move and stream with the layer
                     p = torch.nn.Parameter(scale.to(device), requires_grad=False)
                     module.register_parameter(scale_name, p)

@@ -140,6 +140,46 @@ def _cast_into_workspace(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | 
     return buf[: w.numel()].view(w.shape).copy_(w)
 
 
+class _RecomputedWeightLinear(torch.autograd.Function):
+    """y = x W^T for a weight computed for the call (dequantized, cast, with the host's weight functions, e.g.
+    a LoRA being trained), keeping only x for backward: W is computed again there, as QLoRA keeps only the
+    quantized base. Autograd's own F.linear would keep every layer's computed W (a full-size copy of the
+    model in the compute dtype) until the backward pass.
+
+    `params` are the tensors W depends on that need a gradient (the adapters' parameters). Backward gives x
+    the gradient g W and the params theirs through W's own graph with dL/dW = g^T x: the products autograd
+    forms for F.linear, under the autocast state the forward ran in.
+    """
+
+    @staticmethod
+    def forward(ctx, x, layer, *params):
+        dev = x.device.type
+        ctx.layer, ctx.params = layer, params
+        ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            return F.linear(x, layer._call_weight(x))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        dev, autocast, dtype = ctx.autocast
+        train = [p for p, need in zip(ctx.params, ctx.needs_input_grad[2:]) if need]
+        with torch.enable_grad():
+            w = ctx.layer._call_weight(x)
+            if autocast:  # F.linear under autocast multiplies in the autocast dtype
+                w = w.to(dtype)
+            g2 = grad.reshape(-1, grad.shape[-1]).to(w.dtype)
+            gx = (g2 @ w.detach()).reshape(x.shape).to(x.dtype) if ctx.needs_input_grad[0] else None
+            found = iter(())
+            if train:
+                gw = g2.t() @ x.reshape(-1, x.shape[-1]).to(w.dtype)
+                found = iter(torch.autograd.grad(w, train, gw, allow_unused=True))
+        grads = tuple(next(found) if need else None for need in ctx.needs_input_grad[2:])
+        return (gx, None, *grads)
+
+
 class HostCast:
     """ComfyUI's partial-load protocol of its own layers (comfy.ops), spoken by ours so that a ComfyUI MODEL of
     this DiT loads like a native one under --lowvram / --novram or when it does not fit:
@@ -188,7 +228,7 @@ class Linear(HostCast, nn.Linear):
         packed weights move packed and are dequantized there)."""
         w = self.weight if device is None else self.weight.to(device, non_blocking=True)
         if self.quant is not None:
-            return self.quant.dequantize(w, dtype, self)
+            return self.quant.dequantize(w.detach(), dtype, self)  # the stored bytes (quant.PackedParameter)
         return self._scaled(w.to(dtype))
 
     def _rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
@@ -226,6 +266,8 @@ class Linear(HostCast, nn.Linear):
 
     def _product(self, x: torch.Tensor) -> torch.Tensor:
         """x W^T + b of the stored weight (before the runtime patches)."""
+        if self._recomputes(x):
+            return self._recomputed_product(x)
         if self.weight_function or self.bias_function or self.weight.device != x.device:
             return self._host_product(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
@@ -254,16 +296,41 @@ class Linear(HostCast, nn.Linear):
             y = linear(x, self.compute_weight(x.dtype), bias)
         return y
 
-    def _host_product(self, x: torch.Tensor) -> torch.Tensor:
-        """The weight computed on x's device for this call, ComfyUI's patch functions applied (see HostCast)."""
+    def _call_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight as this call uses it: computed on x's device in x's dtype, ComfyUI's patch functions
+        applied (see HostCast)."""
         w = self.compute_weight(x.dtype, x.device)
         if self.weight_function:
             if w.untyped_storage().data_ptr() == self.weight.untyped_storage().data_ptr():
                 w = w.clone()  # the functions may update it in place; the stored weight must stay as loaded
             for f in self.weight_function:
                 w = f(w)
+        return w
+
+    def _host_product(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self._host_param(self.bias, x, self.bias_function)
-        return linear(x, w, bias)
+        return linear(x, self._call_weight(x), bias)
+
+    def _trained(self) -> list[torch.Tensor]:
+        """The tensors that need a gradient among those the call's weight is computed from: the parameters of
+        the weight functions that are modules (ComfyUI's training adapters, TrainLoraNode; its LowVramPatch
+        functions hold fixed patches)."""
+        return [p for f in self.weight_function if isinstance(f, nn.Module) for p in f.parameters() if p.requires_grad]
+
+    def _recomputes(self, x: torch.Tensor) -> bool:
+        """Whether this call records a weight computed for it (dequantized, cast, patched) for backward, which
+        `_RecomputedWeightLinear` computes again there instead of keeping (training on our MODEL)."""
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling() or self.weight.requires_grad:
+            return False
+        computed = (self.weight_function or self.quant is not None or self.scale_weight is not None
+                    or self.weight.dtype != x.dtype or self.weight.device != x.device)
+        return bool(computed) and (x.requires_grad or bool(self._trained()))
+
+    def _recomputed_product(self, x: torch.Tensor) -> torch.Tensor:
+        y = _RecomputedWeightLinear.apply(x, self, *self._trained())
+        if self.bias is None:
+            return y
+        return y + self._host_param(self.bias, x, self.bias_function).to(y.dtype)  # F.linear's output dtype
 
 
 class RMSNorm(HostCast, nn.Module):
@@ -272,6 +339,9 @@ class RMSNorm(HostCast, nn.Module):
     Besides the plain norm it offers the two fused forms the S3-DiT blocks need, each one pass fewer
     over the activations than norm-then-multiply: `modulated` (x normalised times weight*scale) and
     `gated_residual` (residual + gate * norm(y)).
+
+    `patches` is a list of callables `patch(w) -> w'` applied in order to the weight as computed for the call
+    (a LoRA file's `.diff` of this norm adds `scale * d`); the stored weight is never modified.
     """
 
     bias = None  # ComfyUI's loader asks every layer that speaks HostCast for its bias
@@ -280,6 +350,7 @@ class RMSNorm(HostCast, nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.patches: list = []
 
     def normalized(self, x: torch.Tensor) -> torch.Tensor:
         """x / rms(x), without the weight, in x's dtype (the mean square is taken in fp32)."""
@@ -288,7 +359,10 @@ class RMSNorm(HostCast, nn.Module):
         return (xf * (ms + self.eps).rsqrt()).to(x.dtype)
 
     def _weight(self, x: torch.Tensor) -> torch.Tensor:
-        return self._host_param(self.weight, x, self.weight_function)
+        w = self._host_param(self.weight, x, self.weight_function)
+        for patch in self.patches:
+            w = patch(w)
+        return w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.normalized(x).mul_(self._weight(x))

@@ -202,6 +202,31 @@ class GGMLWeight:
         return f"GGUF {self.qtype}"
 
 
+class PackedParameter(torch.nn.Parameter):
+    """A Linear's packed `weight` (the stored bytes, moved, streamed and pinned as they are) whose `shape` is the
+    layer's logical [out, in], as the host's own quantized weights answer (ComfyUI's QuantizedTensor,
+    ComfyUI-GGUF's GGMLTensor): host code that sizes something from `layer.weight.shape` (ComfyUI's
+    TrainLoraNode creating an adapter per weight) sees the layer, not the bytes. `size()`, `.data`, slices and
+    every op's result are the bytes as stored (plain tensors)."""
+
+    def __new__(cls, data: torch.Tensor, requires_grad: bool = False, shape=None):
+        p = super().__new__(cls, data, requires_grad)
+        p.logical_shape = torch.Size(data.shape if shape is None else shape)
+        return p
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.logical_shape
+
+    def __deepcopy__(self, memo):
+        out = type(self)(self.data.clone(memory_format=torch.preserve_format), self.requires_grad, self.logical_shape)
+        memo[id(self)] = out
+        return out
+
+    def __reduce_ex__(self, protocol):  # pickled (never by this pack) as a plain parameter of the stored bytes
+        return torch.nn.Parameter, (self.data, self.requires_grad)
+
+
 @dataclass(frozen=True)
 class QuantizedTensor:
     """A packed tensor as read from a file (not yet placed in a module)."""

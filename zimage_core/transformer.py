@@ -147,8 +147,8 @@ class TransformerBlock(nn.Module):
         self.attention = Attention(cfg.dim, cfg.n_heads, 1e-5)
         self.feed_forward = FeedForward(cfg.dim, cfg.ffn_dim)
         self.attention_norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attention_norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention_norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
         if modulation:
             self.adaLN_modulation = nn.Sequential(Linear(cfg.adaln_dim, 4 * cfg.dim))
@@ -216,17 +216,20 @@ def _batch(rows: list[torch.Tensor], rot: list[torch.Tensor]):
 
 
 class ZImageDiT(nn.Module):
+    # Modules are registered in the order of ComfyUI's NextDiT (and of the checkpoints), here and in
+    # TransformerBlock: host code that walks named_modules() in order behaves as on the native model (ComfyUI's
+    # TrainLoraNode draws each adapter's random init from the global RNG in that order).
     def __init__(self, cfg: DiTConfig, compute_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.cfg = cfg
         self.compute_dtype = compute_dtype
         self.x_embedder = Linear(cfg.patch_dim, cfg.dim)
+        self.noise_refiner = nn.ModuleList(TransformerBlock(cfg, True) for _ in range(cfg.n_refiner_layers))
+        self.context_refiner = nn.ModuleList(TransformerBlock(cfg, False) for _ in range(cfg.n_refiner_layers))
         self.t_embedder = TimestepEmbedder(cfg.adaln_dim, cfg.t_mid_dim, cfg.freq_dim)
         self.cap_embedder = nn.Sequential(RMSNorm(cfg.cap_feat_dim, cfg.norm_eps), Linear(cfg.cap_feat_dim, cfg.dim))
         self.x_pad_token = nn.Parameter(torch.zeros(1, cfg.dim))
         self.cap_pad_token = nn.Parameter(torch.zeros(1, cfg.dim))
-        self.noise_refiner = nn.ModuleList(TransformerBlock(cfg, True) for _ in range(cfg.n_refiner_layers))
-        self.context_refiner = nn.ModuleList(TransformerBlock(cfg, False) for _ in range(cfg.n_refiner_layers))
         self.layers = nn.ModuleList(TransformerBlock(cfg, True) for _ in range(cfg.n_layers))
         self.final_layer = FinalLayer(cfg.dim, cfg.patch_dim, cfg.adaln_dim)
         self._rope_cache: dict[tuple, torch.Tensor] = {}

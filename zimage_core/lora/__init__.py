@@ -28,7 +28,7 @@ from ..checkpoint import WeightSource, identify, wrong_model_error
 from ..errors import CheckpointError
 from ..transformer import DiTConfig, ZImageDiT
 from . import boft, full, glora, keys, loha, lokr, lowrank, oft
-from .adapter import Adapter
+from .adapter import Adapter, Target
 from .dora import DoRA
 from .patch import LoraPatch, LoraReport, merge_lora, merged_copy
 
@@ -58,6 +58,7 @@ def parse_lora(sd: dict, cfg: DiTConfig, path: str = "<state dict>") -> tuple[li
     """Map an adapter state dict onto the Linear modules of a DiT of config `cfg`."""
     report = LoraReport(str(path))
     table = keys.alias_table(cfg)
+    norms = keys.norm_table(cfg)
     shapes = keys.module_shapes(cfg)
     groups: dict[str, dict[str, tuple[str, object]]] = {}
     unused: list[str] = []
@@ -80,6 +81,16 @@ def parse_lora(sd: dict, cfg: DiTConfig, path: str = "<state dict>") -> tuple[li
     for base, slots in groups.items():
         keys_ = [k for k, _ in slots.values()]
         target = table.get(keys.canon(base.removesuffix("#bias")))
+        if target is None and "diff" in slots and keys.canon(base) in norms:  # an RMSNorm's weight delta
+            name, dim = norms[keys.canon(base)]
+            d = slots["diff"][1]
+            if tuple(d.shape) != (dim,):
+                shape_errors.append(f"{base} {tuple(d.shape)} (the model's {name} needs ({dim},))")
+                continue
+            chosen[(name, None)] = full.NormDiff(Target(name, None, False), keys_, d.float())
+            report.styles.add("norm diff")
+            unused.extend(k for s, (k, _) in slots.items() if s != "diff")
+            continue
         if target is None:
             unused.extend(keys_)
             continue

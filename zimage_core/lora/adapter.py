@@ -32,11 +32,13 @@ class Adapter:
     kind         the name reported to the user ("LoRA", "LoHa", ...)
     needs_base   its delta depends on the base weight W (then `delta` gets the base rows, fp32)
     bias         it patches the bias (a [rows] delta), not the weight
+    norm         it patches the weight [dim] of an RMSNorm (`target.module`), not of a Linear
     """
 
     kind = "?"
     needs_base = False
     bias = False
+    norm = False
 
     def __init__(self, target: Target, keys: list[str]):
         self.target = target

@@ -28,6 +28,29 @@ class BiasDiff(Dense):
         return (d * strength).expand(*x.shape[:-1], d.shape[0])
 
 
+class NormDiff(Adapter):
+    """`.diff` d [dim] of an RMSNorm's weight (ComfyUI's TrainLoraNode trains one for every norm): w' = w + s d."""
+
+    kind = "norm diff"
+    norm = True
+
+    def __init__(self, target: Target, keys: list[str], d: torch.Tensor):
+        super().__init__(target, keys)
+        self.d = d
+
+    def shape(self):
+        return tuple(self.d.shape)
+
+    def delta(self, w):
+        return self.d.float()
+
+    def runtime(self, w, strength):
+        return self
+
+    def tensors(self):
+        return (self.d,)
+
+
 class SetWeight(Adapter):
     kind = "set_weight"
     needs_base = True

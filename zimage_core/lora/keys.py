@@ -142,6 +142,17 @@ def alias_table(cfg: DiTConfig) -> dict[str, Target]:
 
 
 @functools.lru_cache(maxsize=8)
+def norm_table(cfg: DiTConfig) -> dict[str, tuple[str, int]]:
+    """canonical native name -> (name, dim), for every RMSNorm of a DiT of this config (the norms ComfyUI's
+    TrainLoraNode writes `.diff` patches for: attention_norm1, q_norm, cap_embedder.0, ...)."""
+    from ..ops import RMSNorm
+
+    with torch.device("meta"):
+        model = ZImageDiT(cfg)
+    return {canon(n): (n, m.weight.shape[0]) for n, m in model.named_modules() if isinstance(m, RMSNorm)}
+
+
+@functools.lru_cache(maxsize=8)
 def module_shapes(cfg: DiTConfig) -> dict[str, tuple[int, int, bool]]:
     """Linear name -> (out_features, in_features, has a bias)."""
     with torch.device("meta"):

@@ -19,7 +19,7 @@ import torch
 
 from ..dit_loader import FP8_DTYPES
 from ..errors import InputError
-from ..ops import Linear
+from ..ops import Linear, RMSNorm
 from ..transformer import ZImageDiT
 from .adapter import Adapter
 
@@ -88,6 +88,19 @@ class _ModuleHook:
         return y
 
 
+class _NormHook:
+    """The callable put on `RMSNorm.patches` for one LoRA file's `.diff` of that norm: w + s d."""
+
+    def __init__(self, owner: LoraPatch, d: torch.Tensor):
+        self.owner, self.d, self.cast = owner, d, {}
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        key = (w.dtype, w.device)
+        if key not in self.cast:
+            self.cast[key] = self.d.to(device=w.device, dtype=w.dtype)
+        return w + self.cast[key] * float(self.owner.strength)
+
+
 class LoraPatch:
     """A parsed adapter file at a strength; a patch for `PatchedDiT` (install/uninstall runtime hooks)."""
 
@@ -117,6 +130,11 @@ class LoraPatch:
         hooks = []
         for name, adapters in self.by_module().items():
             m = dit.get_submodule(name)
+            if adapters[0].norm:  # one `.diff` per norm
+                hook = _NormHook(self, adapters[0].d)
+                m.patches.append(hook)
+                hooks.append((m, hook))
+                continue
             adapters = [a.runtime(_base(a, m), self.strength) for a in adapters]
             hook = _ModuleHook(self, adapters, m.out_features, dit.compute_dtype, m.weight.device)
             m.patches.append(hook)
@@ -132,7 +150,7 @@ class LoraPatch:
         out = {}
         for name, adapters in self.by_module().items():
             m = dit.get_submodule(name)
-            weight = [a for a in adapters if not a.bias]
+            weight = [a for a in adapters if not a.bias and not a.norm]
             if not weight:
                 continue
             d = torch.zeros(m.out_features, m.in_features, dtype=torch.float32)
@@ -143,6 +161,10 @@ class LoraPatch:
                 d[sl] += a.delta_at(_base(a, m), self.strength).to(d.device)
             out[name] = d
         return out
+
+    def delta_norms(self) -> dict[str, torch.Tensor]:
+        """RMSNorm name -> fp32 weight delta [dim] at this patch's strength (`.diff` of a norm)."""
+        return {a.target.module: a.delta_at(None, self.strength) for a in self.adapters if a.norm}
 
     def delta_biases(self, dit: ZImageDiT) -> dict[str, torch.Tensor]:
         """module name -> fp32 bias delta [out] at this patch's strength (`.diff_b` patches)."""
@@ -183,6 +205,10 @@ def _merged_bias(m: Linear, delta: torch.Tensor) -> torch.nn.Parameter:
     return torch.nn.Parameter((m.bias.float() + delta.to(m.bias.device)).to(m.bias.dtype), requires_grad=False)
 
 
+def _merged_norm(m: RMSNorm, delta: torch.Tensor) -> torch.nn.Parameter:
+    return torch.nn.Parameter((m.weight.float() + delta.to(m.weight.device)).to(m.weight.dtype), requires_grad=False)
+
+
 def merged_copy(dit: ZImageDiT, patches: LoraPatch | list[LoraPatch]) -> ZImageDiT:
     """A new DiT with the LoRA(s) merged into the weights; untouched tensors are shared with `dit`,
     which stays unchanged. Refuses fp8-stored weights (see `_check_mergeable`)."""
@@ -195,6 +221,8 @@ def merged_copy(dit: ZImageDiT, patches: LoraPatch | list[LoraPatch]) -> ZImageD
     memo = {id(t): t for t in list(dit.parameters()) + list(dit.buffers())}
     memo.update({id(t): t for v in dit._rope_cache.values() for t in v})
     for m in dit.modules():
+        if isinstance(m, RMSNorm):
+            memo[id(m.patches)] = []
         if isinstance(m, Linear):
             memo[id(m.patches)] = []  # runtime patches of the source are not carried over
             if m.scale_weight is not None:
@@ -207,6 +235,9 @@ def merged_copy(dit: ZImageDiT, patches: LoraPatch | list[LoraPatch]) -> ZImageD
         for name, d in p.delta_biases(dit).items():
             m = new.get_submodule(name)
             m.bias = _merged_bias(m, d)
+        for name, d in p.delta_norms().items():
+            m = new.get_submodule(name)
+            m.weight = _merged_norm(m, d)
     return new
 
 
@@ -224,6 +255,10 @@ def merge_lora(dit: ZImageDiT, patch: LoraPatch) -> Callable[[], None]:
         m = dit.get_submodule(name)
         saved[(name, "bias")] = m.bias
         m.bias = _merged_bias(m, d)
+    for name, d in patch.delta_norms().items():
+        m = dit.get_submodule(name)
+        saved[(name, "weight")] = m.weight
+        m.weight = _merged_norm(m, d)
 
     def unmerge():
         for (name, attr), w in saved.items():

@@ -1,0 +1,135 @@
+"""Benchmark: ComfyUI's TrainLoraNode on our MODEL from bf16 / Q8_0 / Q4_K files against the node on native's
+MODEL from the bf16 file, one run.
+
+    python tests/bench_train.py [--layers 1] [--size 256] [--steps 3] [--rank 8] [--out bench_train.json]
+
+ComfyUI builds a Z-Image model only from a 3840-wide DiT, so the files are a full-width random DiT with fewer
+main layers (plus the 2 + 2 refiner blocks), written by zimage_core.bench_quant.write_files. Each contender
+trains in a fresh process, with the node's defaults (bf16 autocast, bf16 LoRA, gradient checkpointing at depth
+1, AdamW) on one latent of `--size` pixels:
+  native_bf16  comfy.sd.load_diffusion_model (UNETLoader) -> TrainLoraNode
+  ours_<fmt>   zimage_core.load_dit -> ZImageDiTToModel's MODEL -> TrainLoraNode (the base stays as stored)
+Reported: seconds per training step (wall; the whole node call divided by its steps, so the model load onto
+the device and the adapters' setup are included), the CPU seconds of the call, peak RSS (VmHWM, reset after
+the imports and the file load) above the RSS after the load, i.e. what training adds to a loaded model, and the
+peak above the RSS before the load (file-backed pages of memory-mapped weights count once touched), plus the
+ratios to native. Needs COMFYUI_PATH (tests/setup-host.sh). A benchmark, not a test: timings depend on the
+machine; only the ratios of one run are comparable.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+COMFYUI = os.environ.get("COMFYUI_PATH") or str(Path(os.environ.get("ZIMAGE_TEST_HOST") or "/tmp/zimage-host")
+                                                 / "ComfyUI-0.18.1")
+CAP_DIM = 64
+CONTENDERS = ("native_bf16", "ours_bf16", "ours_Q8_0", "ours_Q4_K")
+
+
+def child(kind: str, path: str, size: int, steps: int, rank: int) -> None:
+    sys.path.insert(0, str(HERE))
+    from workflow_support import load_pack  # the pack first: its host adapter stays standalone
+
+    pack = load_pack()
+    sys.path.append(COMFYUI)
+    sys.argv = [sys.argv[0], "--cpu"]
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import importlib
+
+    import comfy.sd
+    import torch
+    from comfy_extras import nodes_train
+
+    from zimage_core.bench_quant import reset_peak, status
+
+    torch.set_num_threads(2)
+    before_load = status("VmRSS")
+    if kind == "native_bf16":
+        model = comfy.sd.load_diffusion_model(path)
+    else:
+        hm = importlib.import_module(pack.__name__ + ".nodes.host_model")
+        dit = importlib.import_module(pack.__name__ + ".zimage_core.dit_loader").load_dit(path)
+        patched = importlib.import_module(pack.__name__ + ".zimage_core.patching").PatchedDiT(dit)
+        model = hm.as_model(patched, torch.device("cpu"), torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    positive = [[torch.randn(1, 32, CAP_DIM, generator=g), {}]]
+    latent = {"samples": torch.randn(1, 16, size // 8, size // 8, generator=g)}
+    reset_peak()
+    after_load = status("VmRSS")
+    torch.manual_seed(0)
+    args = dict(batch_size=1, steps=steps, grad_accumulation_steps=1, learning_rate=5e-4, rank=rank,
+                optimizer="AdamW", loss_function="MSE", seed=0, training_dtype="bf16", lora_dtype="bf16",
+                quantized_backward=False, algorithm="LoRA", gradient_checkpointing=True, checkpoint_depth=1,
+                offloading=False, existing_lora="[None]", bucket_mode=False, bypass_mode=False)
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = nodes_train.TrainLoraNode.execute(model=[model], latents=[latent], positive=[positive],
+                                            **{k: [v] for k, v in args.items()})
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    lora, loss, _ = out.result if hasattr(out, "result") else out
+    peak = status("VmHWM")
+    print(json.dumps({"s_per_step": wall / steps, "cpu_s": cpu, "peak_above_loaded": peak - after_load,
+                      "peak_above_start": peak - before_load, "loaded": after_load - before_load,
+                      "loss": loss["loss"], "lora_tensors": len(lora)}))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--out", default="bench_train.json")
+    p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        kind, path, size, steps, rank = a.child
+        child(kind, path, int(size), int(steps), int(rank))
+        return 0
+
+    sys.path.insert(0, str(HERE.parent))
+    from zimage_core.bench_quant import write_files
+    from zimage_core.transformer import DiTConfig
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    cfg = DiTConfig(n_layers=a.layers, n_refiner_layers=2, cap_feat_dim=CAP_DIM)
+    files = write_files(cfg, tmp)
+    runs = {}
+    for kind in CONTENDERS:
+        path = files[kind.split("_", 1)[1]]
+        res = subprocess.run([sys.executable, __file__, "--child", kind, str(path), str(a.size), str(a.steps),
+                              str(a.rank)], capture_output=True, text=True, timeout=3600)
+        if res.returncode:
+            print(res.stderr[-3000:], file=sys.stderr)
+            return 1
+        runs[kind] = json.loads(res.stdout.strip().splitlines()[-1])
+        runs[kind]["file_bytes"] = path.stat().st_size
+    metrics = ("s_per_step", "cpu_s", "peak_above_loaded", "peak_above_start")
+    native = runs["native_bf16"]
+    result = {"layers": a.layers, "size": a.size, "steps": a.steps, "rank": a.rank, "runs": runs,
+              "ratios_over_native_bf16": {k: {m: r[m] / native[m] for m in metrics} for k, r in runs.items()}}
+    print(f"{'':14s} {'file MiB':>9s} {'s/step':>8s} {'cpu s':>8s} {'peak+ MiB':>10s} {'peak MiB':>9s}"
+          f" {'s/step x':>9s} {'peak+ x':>8s} {'peak x':>7s}")
+    for k, r in runs.items():
+        x = result["ratios_over_native_bf16"][k]
+        print(f"{k:14s} {r['file_bytes'] / 2**20:9.0f} {r['s_per_step']:8.2f} {r['cpu_s']:8.2f} "
+              f"{r['peak_above_loaded'] / 2**20:10.0f} {r['peak_above_start'] / 2**20:9.0f} "
+              f"{x['s_per_step']:9.2f} {x['peak_above_loaded']:8.2f} {x['peak_above_start']:7.2f}")
+    print("peak+: above the RSS with the model loaded (what training adds); peak: above the RSS before the load")
+    Path(a.out).write_text(json.dumps(result, indent=1))
+    shutil.rmtree(tmp)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
