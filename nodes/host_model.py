@@ -63,6 +63,7 @@ REPLACE_NODES = {
     "dit": "SkipLayerGuidanceDiT (its block replacements are for double/single-stream DiTs such as Flux and SD3)",
 }
 PATCHED_KEY = "zimage_patched_dit"  # transformer_options entry: the PatchedDiT whose runtime patches apply
+NAG_NEGATIVE_KEY = "zimage_cfg_negative"  # transformer_options entry: the CFG negative's features, for NAGuidance
 _PATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # ZImageDiT -> its ModelPatcher
 _warned: set = set()
 
@@ -127,17 +128,29 @@ def _nag_guidance_params(fn) -> tuple[float, float, float] | None:
         return None
 
 
+def _nag_guidance_of(transformer_options: dict) -> tuple[float, float, float] | None:
+    """NAGuidance's parameters when its patch (and no other attn1_output_patch) is set."""
+    found = [_nag_guidance_params(p) for p in transformer_options.get("patches", {}).get("attn1_output_patch", [])]
+    return found[0] if len(found) == 1 else None
+
+
+def _cfg_negative_for_nag(executor, model, conds, x_in, timestep, model_options):
+    """CALC_COND_BATCH wrapper on our MODEL: with NAGuidance set, the CFG negative's caption features go to the
+    forward in transformer_options. ComfyUI's Lumina2 conditioning carries num_tokens as a constant, so a positive
+    and a negative of different token counts never share a model call: the positive's call needs them from here."""
+    to = model_options.get("transformer_options", {})
+    if _nag_guidance_of(to) is not None and len(conds) > 1 and conds[1]:
+        c = conds[1][0].get("model_conds", {}).get("c_crossattn")
+        if c is not None:
+            model_options = {**model_options, "transformer_options": {**to, NAG_NEGATIVE_KEY: c.cond}}
+    return executor(model, conds, x_in, timestep, model_options)
+
+
 def _check_patches(transformer_options: dict):
     """The NAGuidance parameters when that node's patch is set, after refusing every patch our DiT cannot honour
     (native NextDiT would skip them without a word)."""
     patches = transformer_options.get("patches", {})
-    nag = None
-    for p in patches.get("attn1_output_patch", []):
-        params = _nag_guidance_params(p)
-        if params is None or nag is not None:
-            nag = None
-            break
-        nag = params
+    nag = _nag_guidance_of(transformer_options)
     unknown = sorted(k for k, v in patches.items() if v and k not in SUPPORTED_PATCHES
                      and not (k == "attn1_output_patch" and nag is not None))
     replace = sorted(k for k, v in transformer_options.get("patches_replace", {}).items() if v)
@@ -203,7 +216,7 @@ class NextDiTAdapter(nn.Module):
             # leave any layer on the offload device)
             ctx = dit.encode_context(list(context.unbind(0)), x.device, attention)
             if nag_guidance is not None:
-                nag = self._nag_guidance(nag_guidance, ctx, transformer_options.get("cond_or_uncond"), x.shape[0])
+                nag = self._nag_guidance(nag_guidance, transformer_options, x, attention)
                 if nag is not None:
                     if "nag" in controls:
                         raise InputError("Z-Image MODEL: NAGuidance and ZImageNAGModel are both set on this MODEL; "
@@ -239,20 +252,23 @@ class NextDiTAdapter(nn.Module):
 
         return attention_for
 
-    def _nag_guidance(self, params, ctx, cond_or_uncond, batch: int):
-        """ComfyUI's NAGuidance as our NAG: each positive row of the [cond, uncond] batch is guided away from its
-        CFG negative (the uncond row at the same place), with scale = nag_scale - 1 (NAGuidance writes the rule as
-        nag_scale * Z+ - (nag_scale - 1) * Z-), tau and alpha as given. Like NAGuidance, nothing happens when the
-        batch lacks the positive or the negative half (e.g. conds computed apart)."""
-        if not cond_or_uncond or 0 not in cond_or_uncond or 1 not in cond_or_uncond or batch % len(cond_or_uncond):
-            return None
+    def _nag_guidance(self, params, transformer_options: dict, x: torch.Tensor, attention):
+        """ComfyUI's NAGuidance as our NAG: the positive rows of the call are guided away from the CFG negative
+        (handed over by `_cfg_negative_for_nag`), with scale = nag_scale - 1 (NAGuidance writes the rule as
+        nag_scale * Z+ - (nag_scale - 1) * Z-), tau and alpha as given: ZImageNAGModel with those settings and the
+        sampler's negative. A call of CFG negatives only runs plain, as under NAGuidance."""
         nag_scale, nag_alpha, nag_tau = params
         if nag_scale == 1.0 or nag_alpha == 0.0:
             return None
-        per = batch // len(cond_or_uncond)
-        pos, neg = cond_or_uncond.index(0) * per, cond_or_uncond.index(1) * per
-        return NAGGuidance(ctx.select([neg + j for j in range(per)]), nag_scale - 1.0, nag_tau, nag_alpha,
-                           rows=[pos + j for j in range(per)])
+        rows = _cond_rows(transformer_options.get("cond_or_uncond"), x.shape[0])
+        if rows == []:
+            return None
+        negative = transformer_options.get(NAG_NEGATIVE_KEY)
+        if negative is None:
+            raise InputError("Z-Image MODEL: NAGuidance needs the sampler's negative conditioning (KSampler or a CFG "
+                             "guider); this sampler gives none. Use ZImageNAGModel with its own negative instead.")
+        neg = self.dit.encode_context([negative[0]], x.device, attention)
+        return NAGGuidance(neg, nag_scale - 1.0, nag_tau, nag_alpha, rows=rows)
 
     def _block_hook(self, patches: dict, x: torch.Tensor, transformer_options: dict, ctx):
         refiner, double = patches.get("noise_refiner", []), patches.get("double_block", [])
@@ -447,6 +463,8 @@ def as_model(patched: PatchedDiT, load_device: torch.device, offload_device: tor
         streamer = getattr(dit, "block_streamer", None)
         size = comfy.model_management.module_size(base) - (streamer.streamed_bytes() if streamer else 0)
         root = ZImageModelPatcher(base, load_device=load_device, offload_device=offload_device, size=size)
+        root.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, "zimage_nag_guidance",
+                                  _cfg_negative_for_nag)
         _PATCHERS[dit] = root
     model = root.clone()
     model.model_options = dict(model.model_options)

@@ -163,10 +163,13 @@ def test_model_compute_dtype_makes_our_dit_compute_in_that_dtype_as_native(env, 
     assert close(ours, native, rel=2e-2)  # bf16 noise
 
 
-def test_nag_guidance_on_our_model_is_our_nag_with_the_same_settings(env, extras):
+@pytest.mark.parametrize("neg_tokens", [7, 12])
+def test_nag_guidance_on_our_model_is_our_nag_with_the_same_settings(env, extras, neg_tokens):
     """ComfyUI's NAGuidance does nothing on native Z-Image (NextDiT never calls attn1_output_patch); on ours it
-    is our NAG with the CFG negative as the NAG negative and scale = nag_scale - 1."""
-    negative = cond(9)
+    is our NAG with the CFG negative as the NAG negative and scale = nag_scale - 1. With as many tokens as the
+    positive (7) ComfyUI batches [cond, uncond] in one call; with another count (12) it runs them apart (Lumina2's
+    num_tokens is a constant), and the positive's call still gets the negative."""
+    negative = cond(9, n=neg_tokens)
     ours = models(env)[0]
     guided = node(extras["nag"].NAGuidance, ours, nag_scale=5.0, nag_alpha=0.5, nag_tau=1.5)
     got = sample(guided, steps=2, negative=negative)

@@ -177,12 +177,6 @@ NAG = {"nag_scale": 10.0, "nag_alpha": 1.0, "nag_tau": 5.0}
 NAG_STEPS = 3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "found by this test: in the server, NAGuidance on our MODEL gives exactly the plain picture (0/255) while "
-    "ZImageNAGModel with the same settings moves it 32/255; in process (test_model_hooks, conds of one length) it "
-    "acts. ComfyUI's Lumina2 conds carry num_tokens as a CONDConstant, so a positive and a negative of different "
-    "token counts never share a model call: no call's cond_or_uncond holds both, and the adapter's _nag_guidance "
-    "returns None without a word."))
 def test_nag_guidance_does_nothing_on_native_and_acts_as_our_nag_on_our_model(server):
     """NAGuidance sets an attn1_output_patch that native NextDiT never calls: native's picture is the plain one.
     On ours it is our NAG with scale nag_scale - 1 against the CFG negative: ZImageNAGModel's picture with the
