@@ -101,7 +101,9 @@ NODES = {
     # (CFGNorm rescales the guided prediction to the norm of the positive one: on this random DiT <= 1/255 apart)
     "CFGNorm": ([("CFGNorm", {"strength": 1.0})], 2, False, CFG),
     "APG": ([("APG", {"eta": 0.5, "norm_threshold": 2.0, "momentum": -0.5})], 2, True, CFG),
-    "CFGZeroStar": ([("CFGZeroStar", {})], 2, True, CFG),
+    # (CFGZeroStar scales the negative by <cond, uncond> / |uncond|^2, about 1 when the two are close: on this random
+    # DiT its effect is 1/255 or less, depending on the random weights)
+    "CFGZeroStar": ([("CFGZeroStar", {})], 2, False, CFG),
     "FreSca": ([("FreSca", {"scale_low": 1.0, "scale_high": 1.5, "freq_cutoff": 2})], 2, True, CFG),
     "ScaleROPE": ([("ScaleROPE", {"scale_x": 2.0, "shift_x": 3.0, "scale_y": 0.5, "shift_y": -2.0,
                                   "scale_t": 1.0, "shift_t": 0.0})], 2, True, CFG),
