@@ -9,29 +9,20 @@ Same tiny 256-wide DiT as test_model_bridge; native = ComfyUI's NextDiT over the
 """
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from comfy_inprocess import comfy, native_model, our_model  # skips the module without COMFYUI_PATH
-from safetensors.torch import save_file
-from test_model_bridge import CFG, SEED, cond
+from test_model_bridge import CFG, SEED, bridge, cond  # noqa: F401  (bridge: the fixture)
 
-from zimage_core.tiny.dit import random_dit_state
 
 STEPS = 10
 LATENT = torch.zeros(1, 16, 8, 8)
 
 
 @pytest.fixture(scope="module")
-def env(pack, tmp_path_factory):
-    d = tmp_path_factory.mktemp("hooks")
-    state = random_dit_state(CFG, seed=3)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(d / "dit.safetensors"))
-    mod = lambda n: importlib.import_module(f"{pack.__name__}.{n}")
-    dit = mod("zimage_core.dit_loader").load_dit(d / "dit.safetensors")
-    patched = mod("zimage_core.patching").PatchedDiT(dit)
-    return {"dir": d, "state": state, "patched": patched, "hm": mod("nodes.host_model"), "mod": mod}
+def env(bridge):
+    """test_model_bridge's tiny DiT, its weights and the pack's host_model."""
+    return bridge
 
 
 @pytest.fixture(scope="module")
