@@ -37,11 +37,11 @@ COMFYUI = os.environ.get("COMFYUI_PATH") or str(Path(os.environ.get("ZIMAGE_TEST
 CAP_DIM = 64
 
 
-def child(kind: str, path: str, size: int, steps: int, out: str, cache: str, threshold: float) -> None:
-    if kind == "ours_blas":
-        os.environ["ZIMAGE_CPU_GEMM"] = "blas"
+def comfy_in_process():
+    """The pack (imported first: its host adapter stays standalone) and ComfyUI's modules (`--cpu`) in this
+    process, torch on 2 threads; returns the pack."""
     sys.path.insert(0, str(HERE))
-    from workflow_support import load_pack  # the pack first: its host adapter stays standalone
+    from workflow_support import load_pack
 
     pack = load_pack()
     sys.path.append(COMFYUI)
@@ -49,27 +49,43 @@ def child(kind: str, path: str, size: int, steps: int, out: str, cache: str, thr
     import comfy.options
 
     comfy.options.enable_args_parsing()
+    import torch
+
+    torch.set_num_threads(2)
+    return pack
+
+
+def load_model(pack, native: bool, path: str):
+    """A ComfyUI MODEL of the file: native's (what UNETLoader does) or ours (ZImageDiTToModel's)."""
+    import importlib
+
+    import comfy.sd
+    import torch
+
+    if native:
+        return comfy.sd.load_diffusion_model(path)
+    hm = importlib.import_module(pack.__name__ + ".nodes.host_model")
+    dit = importlib.import_module(pack.__name__ + ".zimage_core.dit_loader").load_dit(path)
+    patched = importlib.import_module(pack.__name__ + ".zimage_core.patching").PatchedDiT(dit)
+    return hm.as_model(patched, torch.device("cpu"), torch.device("cpu"))
+
+
+def child(kind: str, path: str, size: int, steps: int, out: str, cache: str, threshold: float) -> None:
+    if kind == "ours_blas":
+        os.environ["ZIMAGE_CPU_GEMM"] = "blas"
+    pack = comfy_in_process()
     import importlib
 
     import comfy.sample
-    import comfy.sd
     import torch
 
     from zimage_core.bench_quant import reset_peak, status
 
-    torch.set_num_threads(2)
     reset_peak()
     base = status("VmRSS")
     t0 = time.perf_counter()
-    gemm = "blas"  # F.linear
-    if kind == "native":
-        model = comfy.sd.load_diffusion_model(path)
-    else:
-        hm = importlib.import_module(pack.__name__ + ".nodes.host_model")
-        dit = importlib.import_module(pack.__name__ + ".zimage_core.dit_loader").load_dit(path)
-        patched = importlib.import_module(pack.__name__ + ".zimage_core.patching").PatchedDiT(dit)
-        model = hm.as_model(patched, torch.device("cpu"), torch.device("cpu"))
-        gemm = importlib.import_module(pack.__name__ + ".zimage_core.ops").cpu_gemm()
+    model = load_model(pack, kind == "native", path)
+    gemm = "blas" if kind == "native" else importlib.import_module(pack.__name__ + ".zimage_core.ops").cpu_gemm()
     load_s = time.perf_counter() - t0
     if cache != "none":
         from comfy_extras import nodes_easycache

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,39 +28,21 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-COMFYUI = os.environ.get("COMFYUI_PATH") or str(Path(os.environ.get("ZIMAGE_TEST_HOST") or "/tmp/zimage-host")
-                                                 / "ComfyUI-0.18.1")
 CAP_DIM = 64
 CONTENDERS = ("native_bf16", "ours_bf16", "ours_Q8_0", "ours_Q4_K")
 
 
 def child(kind: str, path: str, size: int, steps: int, rank: int) -> None:
-    sys.path.insert(0, str(HERE))
-    from workflow_support import load_pack  # the pack first: its host adapter stays standalone
+    from bench_bridge import comfy_in_process, load_model
 
-    pack = load_pack()
-    sys.path.append(COMFYUI)
-    sys.argv = [sys.argv[0], "--cpu"]
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    import importlib
-
-    import comfy.sd
+    pack = comfy_in_process()
     import torch
     from comfy_extras import nodes_train
 
     from zimage_core.bench_quant import reset_peak, status
 
-    torch.set_num_threads(2)
     before_load = status("VmRSS")
-    if kind == "native_bf16":
-        model = comfy.sd.load_diffusion_model(path)
-    else:
-        hm = importlib.import_module(pack.__name__ + ".nodes.host_model")
-        dit = importlib.import_module(pack.__name__ + ".zimage_core.dit_loader").load_dit(path)
-        patched = importlib.import_module(pack.__name__ + ".zimage_core.patching").PatchedDiT(dit)
-        model = hm.as_model(patched, torch.device("cpu"), torch.device("cpu"))
+    model = load_model(pack, kind == "native_bf16", path)
     g = torch.Generator().manual_seed(0)
     positive = [[torch.randn(1, 32, CAP_DIM, generator=g), {}]]
     latent = {"samples": torch.randn(1, 16, size // 8, size // 8, generator=g)}
