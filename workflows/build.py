@@ -890,8 +890,8 @@ def lora_training() -> Graph:
    `output/loras/zimage_lora_<steps>_steps_<n>_.safetensors` (move it to `models/loras/` to use it
    later, e.g. in LoraLoaderModelOnly or the Z-Image LoRA Loader), then the test picture is made.
 
-**The graph**: pictures resized to 1024 on the longer edge (mixed sizes are fine: pictures of another
-size train one at a time; sizes are cropped to multiples of 16) -> Z-Image VAE Encode, captions ->
+**The graph**: pictures resized to 1024 on the longer edge (mixed sizes are fine: then every picture
+trains on its own; sizes are cropped to multiples of 16) -> Z-Image VAE Encode, captions ->
 Z-Image Text Encode -> **Train LoRA** on the DiT from a GGUF file: the base stays quantized, each
 layer's LoRA learns against its dequantized weight (QLoRA style). The trained LoRA also goes straight
 into **Load LoRA Model** -> KSampler for a test picture.
@@ -900,7 +900,8 @@ into **Load LoRA Model** -> KSampler for a test picture.
 picture), batch 1, bf16, gradient checkpointing on. Rank above a layer's size adds nothing (the log
 says so). Lower memory: 768 on the longer edge, *offloading* on. Training at cfg 1 on Turbo slowly
 undoes its distillation: train on the base model and test at cfg 4 (as here).
-Interrupting (the queue's X) stops at the next step and writes no file.
+Interrupting (the queue's X) writes no file; it takes effect at Train LoRA's next progress update
+(ComfyUI sends one every 0.5% of the steps: every 5 steps at 1000).
 
 **Models**: `diffusion_models/{BASE_GGUF}` (a GGUF of Z-Image base, e.g. ComfyUI-GGUF's files; the
 bf16 `{BASE}` works too), `text_encoders/{TE}`, `vae/{VAE}`.
