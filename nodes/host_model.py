@@ -35,6 +35,7 @@ import comfy.model_patcher  # type: ignore
 import comfy.patcher_extension  # type: ignore
 import comfy.supported_models  # type: ignore
 import comfy.utils  # type: ignore
+from comfy.weight_adapter.lora import LoraDiff  # type: ignore
 
 from ..zimage_core.errors import InputError
 from ..zimage_core.nag import NAGGuidance
@@ -66,6 +67,7 @@ PATCHED_KEY = "zimage_patched_dit"  # transformer_options entry: the PatchedDiT 
 NAG_NEGATIVE_KEY = "zimage_cfg_negative"  # transformer_options entry: the CFG negative's features, for NAGuidance
 _PATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # ZImageDiT -> its ModelPatcher
 _warned: set = set()
+_rank_checked: weakref.WeakSet = weakref.WeakSet()  # TrainLoraNode's LoRA adapters already looked at
 
 
 def _step_of(transformer_options: dict) -> tuple[int, float | None, int]:
@@ -146,6 +148,47 @@ def _cfg_negative_for_nag(executor, model, conds, x_in, timestep, model_options)
     return executor(model, conds, x_in, timestep, model_options)
 
 
+def _training_lora(m: nn.Module):
+    """The LoRA adapter TrainLoraNode trains on layer `m` (a weight wrapper, or in bypass mode the forward hook
+    that replaced the layer's forward), or None."""
+    for f in getattr(m, "weight_function", ()) or ():
+        if isinstance(f, LoraDiff):
+            return f
+    adapter = getattr(getattr(m.__dict__.get("forward"), "__self__", None), "adapter", None)
+    return adapter if isinstance(adapter, LoraDiff) else None
+
+
+def _warn_rank_over_layer_size(model: nn.Module) -> None:
+    """Once per training (the first forward that sees its adapters): one warning when TrainLoraNode's LoRA rank is
+    larger than what some layers can use. A rank-r LoRA of a layer with n inputs and m outputs changes it in at
+    most min(n, m) directions; native trains such a LoRA as it is and so do we (the same LoRA), but a user who
+    picked the rank for capacity should know."""
+    first = next((a for a in map(_training_lora, model.modules()) if a is not None), None)
+    if first is None or first in _rank_checked:
+        return
+    small, total, rank = [], 0, first.rank
+    for name, m in model.named_modules():
+        adapter = _training_lora(m)
+        if adapter is None:
+            continue
+        _rank_checked.add(adapter)
+        total += 1
+        out_dim, in_dim = adapter.lora_up.weight.shape[0], adapter.lora_down.weight.shape[1]
+        if adapter.rank > min(out_dim, in_dim):
+            small.append((min(out_dim, in_dim), name, in_dim, out_dim))
+    if not small:
+        return
+    small.sort()
+    shown = ", ".join(f"{name} ({i} -> {o})" for _, name, i, o in small[:4])
+    more = f" and {len(small) - 4} more" if len(small) > 4 else ""
+    logging.warning(
+        "Z-Image MODEL: TrainLoraNode's LoRA rank %d is larger than %d of the %d layers it trains can use: %s%s. A "
+        "LoRA of rank r on a layer with n inputs and m outputs changes it in at most min(n, m) directions, so the "
+        "rank above that adds parameters, memory and time there but no capacity. Training goes on as on ComfyUI's "
+        "own Z-Image model (the same LoRA); rank %d or less fits every layer.",
+        rank, len(small), total, shown, more, small[0][0])
+
+
 def _check_patches(transformer_options: dict):
     """The NAGuidance parameters when that node's patch is set, after refusing every patch our DiT cannot honour
     (native NextDiT would skip them without a word)."""
@@ -192,6 +235,8 @@ class NextDiTAdapter(nn.Module):
                  **kwargs):
         dit = self.dit
         patched = transformer_options.get(PATCHED_KEY) or PatchedDiT(dit)
+        if getattr(comfy.model_management, "in_training", False) and torch.is_grad_enabled():
+            _warn_rank_over_layer_size(self)
         for key in ("ref_latents", "siglip_feats"):
             if kwargs.get(key):
                 raise InputError(f"Z-Image MODEL: '{key}' (Z-Image Omni / edit conditioning) is not supported by "

@@ -138,6 +138,8 @@ def _workflow_files():
                     out.add((MODEL_INPUTS[key], value))
                 elif node.get("class_type") == "LoadImage" and key == "image":
                     out.add(("input", value))
+                elif node.get("class_type") == "LoadImageTextDataSetFromFolder" and key == "folder":
+                    out.add(("input_folder", value))
     return out
 
 
@@ -159,12 +161,19 @@ def workflow_models(comfyui_host, tiny, tmp_path_factory):
             if not (Path(host.input_dir) / name).exists():
                 write_example_image(Path(host.input_dir) / name)
                 added.append(Path(host.input_dir) / name)
+        elif kind == "input_folder":  # a dataset folder in input/ (the dataset node lists input/'s folders)
+            folder = Path(host.input_dir) / name
+            if not folder.exists():
+                write_example_image(folder / "pic.png")
+                added.append(folder)
         elif not os.path.lexists(os.path.join(host.model_dir(kind), name)):
             host.put_model(kind, name, src[kind])
             added.append((kind, name))
     yield host
     for a in added:
-        if isinstance(a, Path):
+        if isinstance(a, Path) and a.is_dir():
+            shutil.rmtree(a, ignore_errors=True)
+        elif isinstance(a, Path):
             a.unlink(missing_ok=True)
         else:
             host.remove_model(*a)

@@ -132,6 +132,49 @@ def test_every_trainloranode_option_trains_on_our_model_as_on_native(bridge, opt
     assert_same_training(bridge, **options)
 
 
+def _rank_warnings(caplog):
+    return [r for r in caplog.records if r.levelno == logging.WARNING and "TrainLoraNode's LoRA rank" in r.getMessage()]
+
+
+@pytest.mark.parametrize("bypass", [False, True], ids=["weight_wrappers", "bypass_mode"])
+def test_a_rank_larger_than_some_layers_logs_one_warning_naming_them_once_per_training(bridge, caplog, bypass):
+    """Rank 128 (the node's largest) on the bridge DiT: the layers with fewer than 128 inputs or outputs (their LoRA
+    can use at most that many directions) are counted and the smallest named, in one warning per training (not
+    one per layer or per step); the training itself is native's (test_every_trainloranode_option_...[rank=128]).
+    A rank every layer can use logs nothing."""
+    def capacity(m):
+        return min(m.weight.shape[0], m.weight.shape[1:].numel())
+
+    layers = [(n, capacity(m)) for n, m in native_model(bridge).model.diffusion_model.named_modules()
+              if hasattr(m, "weight_function") and getattr(m, "weight", None) is not None and m.weight.ndim >= 2]
+    small = sorted((c, n) for n, c in layers if c < 128)
+    assert small and len(small) < len(layers)
+    with caplog.at_level(logging.WARNING):
+        train(our_model(bridge), rank=128, steps=2, bypass_mode=bypass, gradient_checkpointing=True)
+    (w,) = _rank_warnings(caplog)
+    msg = w.getMessage()
+    assert f"rank 128 is larger than {len(small)} of the {len(layers)} layers" in msg, msg
+    assert small[0][1] in msg and "no capacity" in msg and f"rank {small[0][0]} or less fits every layer" in msg, msg
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        train(our_model(bridge), rank=128, steps=1, bypass_mode=bypass)  # a new training: its own warning
+        assert len(_rank_warnings(caplog)) == 1
+        train(our_model(bridge), rank=small[0][0], steps=1, bypass_mode=bypass)
+    assert len(_rank_warnings(caplog)) == 1
+
+
+def test_a_trained_lora_in_bypass_mode_gives_natives_picture_on_our_model(bridge):
+    """LoraModelLoader with bypass (comfy.sd.load_bypass_lora_for_models, what LoraLoaderBypass and
+    LoraLoaderBypassModelOnly call with a file's LoRA) on our MODEL: native's picture, and the picture of the
+    LoRA merged into the weights."""
+    lora = train(native_model(bridge))[0]
+    want = picture(bridge, native_model(bridge), lora, bypass=True)
+    got = picture(bridge, our_model(bridge), lora, bypass=True)
+    assert (want - ksample(native_model(bridge), cond(1), torch.zeros(1, 16, 6, 8))).abs().max() > 1e-2
+    assert close(got, want)
+    assert close(got, picture(bridge, our_model(bridge), lora))
+
+
 def test_continuing_an_existing_lora_on_our_model_continues_it_as_native_does(bridge, tmp_path):
     lora, _, steps = train(native_model(bridge))
     (tmp_path / "loras").mkdir()

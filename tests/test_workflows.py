@@ -11,6 +11,7 @@ import glob
 import importlib.util
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,10 +25,10 @@ import workflow_support as ws
 EXPECTED = ("turbo_t2i", "base_cfg", "prompt_enhancer_turbo", "lora_stack", "img2img", "inpaint", "adaln_variety",
             "native_mixed", "ksampler_bridge", "low_vram_fast", "controlnet_canny", "nag_turbo",
             "controlnet_depth_pose", "controlnet_inpaint", "controlnet_tile_upscale",
-            "nag_ksampler", "distributed_turbo_t2i")
+            "nag_ksampler", "distributed_turbo_t2i", "lora_training")
 INDEX = json.loads(ws.INDEX_PATH.read_text(encoding="utf-8"))
 NAMES = [w["name"] for w in INDEX["workflows"]]
-SIZE, STEPS = 64, 3
+SIZE, STEPS, TRAIN_STEPS = 64, 3, 2
 LORA_NAMES = ("my_style_lora.safetensors", "my_detail_lora.safetensors", "my_character_lora.safetensors")
 # ComfyUI v0.18.1 app/custom_node_manager.py: the folders it serves templates from, and its glob per folder
 COMFY_TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
@@ -62,7 +63,7 @@ def test_the_workflow_set_and_its_index():
         assert w["ui"] == f"{w['name']}.json" and w["api"] == f"api/{w['name']}.json"
         api = load_api(w["name"])
         used = {v for n in api.values() for k, v in n["inputs"].items()
-                if isinstance(v, str) and v.endswith(".safetensors")}
+                if isinstance(v, str) and v.endswith((".safetensors", ".gguf"))}
         assert used == {m["name"] for m in w["models"]}, w["name"]
     assert sorted(p.stem for p in ws.API_DIR.glob("*.json")) == sorted(NAMES)
     readme = (ws.WORKFLOWS_DIR / "README.md").read_text(encoding="utf-8")
@@ -524,16 +525,48 @@ def server(comfyui_host, tiny, tmp_path_factory):
         host.put_model("model_patches", "Z-Image-Turbo-Fun-Controlnet-Tile-2.1-2601-8steps.safetensors",
                        paths["controlnets"] / "controlnet_tiny_tile.safetensors")
         ws.write_example_image(Path(host.input_dir) / "example.png", SIZE)
+        # lora_training: the tiny DiT as a GGUF (Q8_0 where rows are whole blocks) under the workflow's name, and
+        # its dataset folder in input/
+        from safetensors.torch import load_file
+
+        from zimage_core.tiny.quantized import write_gguf_dit
+
+        host.put_model("diffusion_models", TRAIN_GGUF, write_gguf_dit(d / TRAIN_GGUF, load_file(str(paths["dit"])), "Q8_0"))
+        write_dataset(Path(host.input_dir) / TRAIN_FOLDER)
         yield host
     finally:
         host.remove_model("vae", FULL_VAE)
+        host.remove_model("diffusion_models", TRAIN_GGUF)
+        shutil.rmtree(Path(host.input_dir) / TRAIN_FOLDER, ignore_errors=True)
         full_vae.unlink(missing_ok=True)
+
+
+_TRAIN = load_api("lora_training")
+TRAIN_GGUF = _TRAIN[ws.find_node(_TRAIN, "ZImageDiTLoader")]["inputs"]["dit_name"]
+TRAIN_FOLDER = _TRAIN[ws.find_node(_TRAIN, "LoadImageTextDataSetFromFolder")]["inputs"]["folder"]
+# (width, height, caption): sizes that do not match (after the 64-pixel resize: 64x64, 64x48 and 45x64, which the
+# VAE encode crops to 32x64), one picture without a caption file
+DATASET = ((64, 64, "zmg_style, a smooth gradient"), (96, 72, "zmg_style, a wide gradient"), (35, 50, None))
+
+
+def write_dataset(folder: Path) -> Path:
+    """A LoRA dataset as a user makes one: pictures in input/<folder>, a caption .txt of the same name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (w, h, caption) in enumerate(DATASET):
+        from PIL import Image
+
+        pic = ws.write_example_image(folder / f"pic_{i}.png", max(w, h), hole=None)
+        Image.open(pic).convert("RGB").resize((w, h)).save(pic)
+        if caption is not None:
+            (folder / f"pic_{i}.txt").write_text(caption, encoding="utf-8")
+    return folder
 
 
 def server_run(server, graph, out_dir):
     from zimage_core.api_client import Client, apply_overrides
 
-    graph = apply_overrides(graph, ws.overrides_as_strings(ws.run_overrides(graph, None, SIZE, STEPS)))
+    graph = apply_overrides(graph, ws.overrides_as_strings(ws.run_overrides(graph, None, SIZE, STEPS,
+                                                                            train_steps=TRAIN_STEPS)))
     return Client(server=f"127.0.0.1:{server.port}", timeout=300).run(graph, out_dir=out_dir)
 
 
@@ -573,7 +606,8 @@ def test_core_node_table_matches_the_server(server, maps):
                 assert opts.get(k) == i.opts.get(k), (t, i.name, k)
 
 
-@pytest.mark.parametrize("name", NAMES)
+# lora_training makes two pictures (the loss graph and the test picture) and writes a LoRA: its own test below
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "lora_training"])
 def test_server_runs_the_workflow(server, name, tmp_path):
     graph = load_api(name)
     result = server_run(server, graph, tmp_path)
@@ -665,3 +699,114 @@ def test_distributed_turbo_t2i_alone_is_the_turbo_graph(tiny_env):
     seed = g[ws.find_node(g, "DistributedSeed")]["inputs"]["seed"]
     g2, res2 = tiny_run(tiny_env, "turbo_t2i", {ws.find_node(load_api("turbo_t2i"), "ZImageSampler"): {"seed": seed}})
     assert (saved(tiny_env, g2, res2) - img).abs().max() < 1e-6
+
+
+def _lora_files(server, prefix):
+    return sorted((Path(server.output_dir) / "loras").glob(f"{prefix}_*.safetensors"))
+
+
+def test_server_lora_training_writes_the_whole_lora_and_the_lora_changes_the_test_picture(server, tiny, tmp_path):
+    """lora_training on the real ComfyUI, as a user runs it: the dataset folder in input/ (pictures of three sizes,
+    one without a caption), the tiny DiT from a GGUF file, TRAIN_STEPS training steps. SaveLoRA writes one whole file with
+    ComfyUI's keys (diffusion_model.<layer>.lora_up / lora_down / alpha for every matrix, .diff for the norms,
+    .diff_b for the biases) at the node's rank; the test picture differs from the picture without the LoRA (strength
+    0: the same MODEL, the training cached), and the saved file through LoraLoaderModelOnly gives the test picture
+    (within 2/255) with every key loaded."""
+    from safetensors import safe_open
+
+    g = load_api("lora_training")
+    tid, sid, lid = (ws.find_node(g, t) for t in ("TrainLoraNode", "SaveLoRA", "LoraModelLoader"))
+    prefix = f"zimage_lora_test_{os.getpid()}"
+    g = ws.with_inputs(g, {tid: {"learning_rate": 0.001}, sid: {"prefix": f"loras/{prefix}"}})
+    save_image = ws.find_node(g, "SaveImage")
+
+    def picture(graph, label):
+        result = server_run(server, graph, tmp_path / label)
+        (item,) = result.outputs[save_image]["images"]
+        img = png(Path(server.output_dir) / item.get("subfolder", "") / item["filename"])
+        assert img.shape == (SIZE, SIZE, 3) and img.std() > 2
+        return img, result
+
+    trained, result = picture(g, "trained")
+    loss = ws.find_node(g, "LossGraphNode")
+    assert len(result.outputs[loss]["images"]) == 1  # the loss graph is shown
+    log = server.log_text()
+    assert "centre-cropped to 32x64" in log  # the 45x64 picture, cropped to multiples of 16 by our VAE encode
+
+    (path,) = _lora_files(server, f"{prefix}_{TRAIN_STEPS}_steps")
+    with safe_open(str(path), "pt") as f:  # parses: written whole
+        lora = {k: f.get_tensor(k) for k in f.keys()}
+    assert all(torch.isfinite(v.float()).all() for v in lora.values())
+    from safetensors.torch import load_file
+
+    state = load_file(str(tiny["dit"]))  # the weights of the GGUF file
+    want = set()
+    for k, v in state.items():
+        layer, _, kind = k.rpartition(".")
+        if kind == "weight" and v.ndim == 2:
+            want |= {f"diffusion_model.{layer}.{n}" for n in ("lora_up.weight", "lora_down.weight", "alpha")}
+        elif kind == "weight":
+            want.add(f"diffusion_model.{layer}.diff")
+        elif kind == "bias":
+            want.add(f"diffusion_model.{layer}.diff_b")
+    assert set(lora) == want, (sorted(set(lora) - want)[:5], sorted(want - set(lora))[:5])
+    rank = g[tid]["inputs"]["rank"]
+    assert all(v.shape[0] == rank for k, v in lora.items() if k.endswith("lora_down.weight"))
+    assert any(v.abs().max() > 0 for k, v in lora.items() if k.endswith("lora_down.weight"))  # it learned
+
+    plain, _ = picture(ws.with_inputs(g, {lid: {"strength_model": 0.0}}), "plain")
+    assert np.abs(trained - plain).max() > 2, np.abs(trained - plain).max()
+
+    server.put_model("loras", path.name, path)
+    try:
+        from_file = ws.with_inputs(g, {ws.find_node(g, "KSampler"): {"model": ["90", 0]}})
+        from_file["90"] = {"class_type": "LoraLoaderModelOnly",
+                           "inputs": {"model": g[lid]["inputs"]["model"], "lora_name": path.name, "strength_model": 1.0}}
+        before = len(server.log_text())
+        loaded, _ = picture(from_file, "from_file")
+        assert "lora key not loaded" not in server.log_text()[before:]
+        assert np.abs(loaded - trained).max() <= 2, np.abs(loaded - trained).max()
+    finally:
+        server.remove_model("loras", path.name)
+
+
+def test_server_lora_training_interrupted_writes_no_file_and_the_model_gives_its_picture_after(server, tmp_path):
+    """Interrupting lora_training from the UI (POST /interrupt, the queue's X) while TrainLoraNode runs: the prompt
+    ends interrupted, SaveLoRA never runs (no file with its prefix), and the same server then makes the test
+    picture without a LoRA that it made before the interrupted run."""
+    g = load_api("lora_training")
+    tid, sid, lid = (ws.find_node(g, t) for t in ("TrainLoraNode", "SaveLoRA", "LoraModelLoader"))
+    prefix = f"zimage_lora_interrupted_{os.getpid()}"
+    plain = ws.with_inputs(g, {lid: {"strength_model": 0.0}})
+    (before,) = [p for p in server_run(server, plain, tmp_path / "before").images if "lora-test" in p.name]
+
+    long = ws.with_inputs(g, ws.run_overrides(g, None, SIZE, STEPS))
+    # ComfyUI checks for an interrupt in its progress hook, which its ProgressBar calls every 0.5% of the steps (and
+    # 0.1 s): with 400 steps an interrupt stops the training within 2 steps
+    long = ws.with_inputs(long, {tid: {"steps": 400, "seed": 7}, sid: {"prefix": f"loras/{prefix}"}})
+    seen = []
+    with server.websocket(timeout=120) as listener:
+        queued = server.post_prompt(long)
+        stopped = []
+
+        def on_message(msg):
+            data = msg.get("data") or {}
+            seen.append((msg.get("type"), data.get("node"), data.get("value")))
+            if msg.get("type") == "progress" and str(data.get("node")) == tid and data.get("value", 0) >= 1 and not stopped:
+                stopped.append(data["value"])
+                server.interrupt()
+
+        try:
+            listener.wait_for(queued["prompt_id"], timeout=120, on_message=on_message)
+        except Exception:  # a websocket timeout: the training went on
+            server.interrupt()
+            raise AssertionError(f"not interrupted; messages: {seen[-30:]}") from None
+    entry = server.wait_for(queued["prompt_id"], raise_on_error=False)
+    assert stopped, "TrainLoraNode reported no progress"
+    assert max(m[2] for m in seen if m[0] == "progress") == stopped[0], seen  # its next progress update stopped it
+    assert server.execution_error(entry)["message_type"] == "execution_interrupted", entry["status"]
+    assert not _lora_files(server, prefix)
+    # the KSampler straight on the MODEL (another input: run again, not taken from ComfyUI's cache)
+    again = ws.with_inputs(g, {ws.find_node(g, "KSampler"): {"model": g[lid]["inputs"]["model"]}})
+    (after,) = [p for p in server_run(server, again, tmp_path / "after").images if "lora-test" in p.name]
+    assert np.array_equal(png(after), png(before))

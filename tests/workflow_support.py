@@ -105,6 +105,51 @@ CORE_NODES = {
         "images": ("IMAGE", {}),
         "load_balance": ("BOOLEAN", {"default": False}),
     }, outputs=(("images", "IMAGE"), ("audio", "AUDIO")), category="image", optional={"audio": ("AUDIO", {})}),
+    # ComfyUI's dataset and training nodes (comfy_extras/nodes_dataset.py, nodes_train.py; V3 schema nodes)
+    "LoadImageTextDataSetFromFolder": _core("Load Image and Text Dataset from Folder", {
+        "folder": ("files:input_folder", {}),
+    }, outputs=(("images", "IMAGE"), ("texts", "STRING")), category="dataset"),
+    "ResizeImagesByLongerEdge": _core("Resize Images by Longer Edge", {
+        "images": ("IMAGE", {}),
+        "longer_edge": ("INT", {"default": 1024, "min": 1, "max": 8192}),
+    }, outputs=(("images", "IMAGE"),), category="dataset/image"),
+    "TrainLoraNode": _core("Train LoRA", {
+        "model": ("MODEL", {}),
+        "latents": ("LATENT", {}),
+        "positive": ("CONDITIONING", {}),
+        "batch_size": ("INT", {"default": 1, "min": 1, "max": 10000}),
+        "grad_accumulation_steps": ("INT", {"default": 1, "min": 1, "max": 1024}),
+        "steps": ("INT", {"default": 16, "min": 1, "max": 100000}),
+        "learning_rate": ("FLOAT", {"default": 0.0005, "min": 0.0000001, "max": 1.0, "step": 0.0000001}),
+        "rank": ("INT", {"default": 8, "min": 1, "max": 128}),
+        "optimizer": (["AdamW", "Adam", "SGD", "RMSprop"], {"default": "AdamW"}),
+        "loss_function": (["MSE", "L1", "Huber", "SmoothL1"], {"default": "MSE"}),
+        "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff}),
+        "training_dtype": (["bf16", "fp32", "none"], {"default": "bf16"}),
+        "lora_dtype": (["bf16", "fp32"], {"default": "bf16"}),
+        "quantized_backward": ("BOOLEAN", {"default": False}),
+        "algorithm": (["LoRA", "LoHa", "LoKr", "OFT"], {"default": "LoRA"}),
+        "gradient_checkpointing": ("BOOLEAN", {"default": True}),
+        "checkpoint_depth": ("INT", {"default": 1, "min": 1, "max": 5}),
+        "offloading": ("BOOLEAN", {"default": False}),
+        "existing_lora": (["[None]"], {"default": "[None]"}),  # + the files in models/loras
+        "bucket_mode": ("BOOLEAN", {"default": False}),
+        "bypass_mode": ("BOOLEAN", {"default": False}),
+    }, outputs=(("lora", "LORA_MODEL"), ("loss_map", "LOSS_MAP"), ("steps", "INT")), category="training"),
+    "SaveLoRA": _core("Save LoRA Weights", {
+        "lora": ("LORA_MODEL", {}),
+        "prefix": ("STRING", {"default": "loras/ComfyUI_trained_lora"}),
+    }, category="loaders", output_node=True, optional={"steps": ("INT", {})}),
+    "LossGraphNode": _core("Plot Loss Graph", {
+        "loss": ("LOSS_MAP", {}),
+        "filename_prefix": ("STRING", {"default": "loss_graph"}),
+    }, category="training", output_node=True),
+    "LoraModelLoader": _core("Load LoRA Model", {
+        "model": ("MODEL", {}),
+        "lora": ("LORA_MODEL", {}),
+        "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0}),
+        "bypass": ("BOOLEAN", {"default": False}),
+    }, outputs=(("model", "MODEL"),), category="loaders"),
     # registered by the frontend itself (no Python class; graphToPrompt skips them)
     "Note": _core("Note", {"text": ("STRING", {"multiline": True})}),
     "MarkdownNote": _core("Markdown Note", {"text": ("STRING", {"multiline": True})}),
@@ -203,7 +248,7 @@ def frontend_widgets(spec: NodeSpec) -> list[Widget]:
 
 
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
-MODEL_SUFFIXES = (".safetensors", ".sft")
+MODEL_SUFFIXES = (".safetensors", ".sft", ".gguf")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tiff")
 
 
@@ -245,6 +290,9 @@ def check_value(inp: InputSpec, value) -> str | None:
         choices = inp.choices
         if choices == "files:image":
             return None if value.lower().endswith(IMAGE_SUFFIXES) else f"{value!r} is not an image file name"
+        if choices == "files:input_folder":  # a folder in ComfyUI's input/ (the dataset nodes' combo)
+            ok = value and not value.startswith(("/", ".")) and "\\" not in value
+            return None if ok else f"{value!r} is not a folder name inside ComfyUI's input folder"
         if choices == "files:vae" or (isinstance(choices, list) and not [c for c in choices if c != "None"]):
             ok = value.endswith(MODEL_SUFFIXES) or value.startswith("diffusers/") or \
                 (isinstance(choices, list) and value in choices)
@@ -507,10 +555,11 @@ class TinyModels:
 
 
 def run_overrides(graph: dict, models: TinyModels | None, size: int = 64, steps: int = 3,
-                  max_new_tokens: int = 16, dit_layers: int | None = 2) -> dict[str, dict]:
+                  max_new_tokens: int = 16, dit_layers: int | None = 2, train_steps: int = 2) -> dict[str, dict]:
     """{node id: {input: value}} that make a shipped workflow a quick run: model names replaced (when
     `models` is given), empty latents `size` x `size`, samplers `steps` steps, the enhancer `max_new_tokens`
-    tokens, and adaLN block ranges clipped to a DiT of `dit_layers` main layers."""
+    tokens, adaLN block ranges clipped to a DiT of `dit_layers` main layers, TrainLoraNode `train_steps` steps
+    on dataset pictures resized to `size` on the longer edge."""
     ch: dict[str, dict] = {}
     for nid, node in graph.items():
         t, inp = node["class_type"], node["inputs"]
@@ -540,6 +589,10 @@ def run_overrides(graph: dict, models: TinyModels | None, size: int = 64, steps:
             c["steps"] = steps
         elif t == "ZImagePromptEnhancer":
             c["max_new_tokens"] = max_new_tokens
+        elif t == "TrainLoraNode":
+            c["steps"] = train_steps
+        elif t == "ResizeImagesByLongerEdge":
+            c["longer_edge"] = size
         elif t == "ImageScaleBy":  # the upscale workflow's output stays `size` x `size`
             c["scale_by"] = 1.0
         elif t == "ZImageAdaLNScale" and dit_layers is not None and inp.get("first_block", 0) >= dit_layers:

@@ -40,6 +40,8 @@ MODELS = {  # Comfy-Org repackaged files, as users have them in ComfyUI/models/<
 CONTROLNET = "Z-Image-Turbo-Fun-Controlnet-Union-2.0.safetensors"
 CONTROLNET_TILE = "Z-Image-Turbo-Fun-Controlnet-Tile-2.1-2601-8steps.safetensors"
 TURBO, BASE, TE, VAE = "z_image_turbo_bf16.safetensors", "z_image_bf16.safetensors", "qwen_3_4b.safetensors", "ae.safetensors"
+BASE_GGUF = "z_image-Q8_0.gguf"  # a GGUF of the base model (placeholder name: any Z-Image GGUF works)
+DATASET_FOLDER = "zimage_lora_dataset"  # a folder in ComfyUI/input/
 MODEL_INPUTS = {"dit_name": "diffusion_models", "text_encoder_name": "text_encoders", "vae_name": "vae",
                 "lora_name": "loras", "lora_1": "loras", "lora_2": "loras", "lora_3": "loras", "lora_4": "loras",
                 "controlnet_name": "model_patches"}
@@ -872,9 +874,86 @@ worker *i* the seed *s + i*; **Distributed Collector** brings the workers' pictu
     return g
 
 
+def lora_training() -> Graph:
+    g = Graph("lora_training", "Train a Z-Image LoRA on a GGUF base (ComfyUI's training nodes)",
+              "A folder of pictures with captions (ComfyUI's dataset nodes) encoded by the pack's VAE and text "
+              "encoder, ComfyUI's Train LoRA on the pack's DiT from a GGUF file (kept quantized), Save LoRA, and a "
+              "test picture with the fresh LoRA through Load LoRA Model and the native KSampler.",
+              tags=["training", "lora", "gguf", "interop"])
+    g.note(0, "About this workflow", f"""
+## Train a LoRA (on a GGUF base)
+
+1. Put 10-30 pictures in `ComfyUI/input/{DATASET_FOLDER}/` (png, jpg, webp), each with a caption in a
+   `.txt` of the same name (`cat_01.png` + `cat_01.txt`); start every caption with a trigger word
+   (here `zmg_style`). Press **R** so the folder shows up in *Load Image and Text Dataset from Folder*.
+2. *Queue*. Training runs first (progress bar on **Train LoRA**), then **Save LoRA Weights** writes
+   `output/loras/zimage_lora_<steps>_steps_<n>_.safetensors` (move it to `models/loras/` to use it
+   later, e.g. in LoraLoaderModelOnly or the Z-Image LoRA Loader), then the test picture is made.
+
+**The graph**: pictures resized to 1024 on the longer edge (mixed sizes are fine: then every picture
+trains on its own; sizes are cropped to multiples of 16) -> Z-Image VAE Encode, captions ->
+Z-Image Text Encode -> **Train LoRA** on the DiT from a GGUF file: the base stays quantized, each
+layer's LoRA learns against its dequantized weight (QLoRA style). The trained LoRA also goes straight
+into **Load LoRA Model** -> KSampler for a test picture.
+
+**Settings** (Train LoRA): rank 16, AdamW at learning rate 0.0001, 1000 steps (about 50-100 steps per
+picture), batch 1, bf16, gradient checkpointing on. Rank above a layer's size adds nothing (the log
+says so). Lower memory: 768 on the longer edge, *offloading* on. Training at cfg 1 on Turbo slowly
+undoes its distillation: train on the base model and test at cfg 4 (as here).
+Interrupting (the queue's X) writes no file; it takes effect at Train LoRA's next progress update
+(ComfyUI sends one every 0.5% of the steps: every 5 steps at 1000).
+
+**Models**: `diffusion_models/{BASE_GGUF}` (a GGUF of Z-Image base, e.g. ComfyUI-GGUF's files; the
+bf16 `{BASE}` works too), `text_encoders/{TE}`, `vae/{VAE}`.
+""", size=(440, 760))
+    dit = g.add("ZImageDiTLoader", 1, "Load Z-Image DiT (GGUF)",
+                {"dit_name": BASE_GGUF, "weight_dtype": "auto", "memory": "auto"}, size=(340, 130))
+    te = g.add("ZImageTextEncoderLoader", 1, "Load Qwen3 Text Encoder",
+               {"text_encoder_name": TE, "dtype": "auto", "device": "default"}, size=(340, 130))
+    vae = vae_loader(g)
+    model = g.add("ZImageDiTToModel", 1, "DiT to MODEL", inputs={"dit": dit[0]}, size=(340, 50))
+    g.group("Models", 1)
+    ds = g.add("LoadImageTextDataSetFromFolder", 2, "Pictures and Captions", {"folder": DATASET_FOLDER},
+               size=(400, 80))
+    small = g.add("ResizeImagesByLongerEdge", 2, "Resize (longer edge)", {"longer_edge": 1024},
+                  {"images": ds[0]}, size=(400, 80))
+    lat = g.add("ZImageVAEEncode", 2, "Encode Pictures", {"tiled": False}, {"vae": vae[0], "image": small[0]},
+                size=(400, 80))
+    caps = prompt(g, te, "", col=2, title="Encode Captions", size=(400, 100), link=ds[1])
+    g.group("Dataset", 2, color="#88a")
+    train = g.add("TrainLoraNode", 3, "Train LoRA",
+                  {"batch_size": 1, "grad_accumulation_steps": 1, "steps": 1000, "learning_rate": 0.0001,
+                   "rank": 16, "optimizer": "AdamW", "loss_function": "MSE", "seed": 42, "training_dtype": "bf16",
+                   "lora_dtype": "bf16", "quantized_backward": False, "algorithm": "LoRA",
+                   "gradient_checkpointing": True, "checkpoint_depth": 1, "offloading": False,
+                   "existing_lora": "[None]", "bucket_mode": False, "bypass_mode": False},
+                  {"model": model[0], "latents": lat[0], "positive": caps[0]}, size=(360, 560), control="fixed")
+    g.add("SaveLoRA", 3, "Save LoRA Weights", {"prefix": "loras/zimage_lora", "steps": 0},
+          {"lora": train[0], "steps": train[2]}, size=(360, 90))
+    g.add("LossGraphNode", 3, "Loss Graph", {"filename_prefix": "zimage_lora_loss"}, {"loss": train[1]},
+          size=(360, 320))
+    g.group("Training", 3, color="#a1309b")
+    with_lora = g.add("LoraModelLoader", 4, "Load LoRA Model", {"strength_model": 1.0, "bypass": False},
+                      {"model": model[0], "lora": train[0]}, size=(360, 110))
+    pos = prompt(g, te, "zmg_style, a lighthouse on a rocky cliff at dusk, waves breaking below, warm light in "
+                        "the lantern room.", col=4, title="Test Prompt", size=(360, 160))
+    neg = prompt(g, te, "blurry, low quality, distorted, watermark, text", col=4, title="Negative Prompt",
+                 size=(360, 110))
+    empty = g.add("EmptySD3LatentImage", 4, "EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1},
+                  size=(360, 110))
+    samp = g.add("KSampler", 5, "KSampler",
+                 {"seed": 42, "steps": 28, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple",
+                  "denoise": 1.0},
+                 {"model": with_lora[0], "positive": pos[0], "negative": neg[0], "latent_image": empty[0]},
+                 size=(340, 260), control="fixed")
+    g.group("Test picture", 4, color="#8a8a5a")
+    decode_save(g, vae, samp, 5, "zimage-lora-test")
+    return g
+
+
 GRAPHS = (turbo_t2i, base_cfg, prompt_enhancer_turbo, lora_stack, img2img, inpaint, adaln_variety, native_mixed,
           ksampler_bridge, low_vram_fast, controlnet_canny, nag_turbo, controlnet_depth_pose, controlnet_inpaint,
-          controlnet_tile_upscale, nag_ksampler, distributed_turbo_t2i)
+          controlnet_tile_upscale, nag_ksampler, distributed_turbo_t2i, lora_training)
 
 
 # ------------------------------------------------------------------------------------------------ files
