@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from ..zimage_core.adaln import AdaLNDetail, AdaLNScale, ConditioningVariance, combine_conditioning
+from ..zimage_core.adapters.adaln import (
+    AdaLNDetail,
+    AdaLNScale,
+    ConditioningVariance,
+    combine_conditioning,
+)
 from ..zimage_core.errors import InputError
 from .inputs import fraction
 

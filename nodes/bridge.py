@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ..zimage_core.adapters.patching import PatchedDiT
 from ..zimage_core.errors import InputError
-from ..zimage_core.patching import PatchedDiT
 from . import host
 
 

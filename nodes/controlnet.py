@@ -5,9 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..zimage_core.controlnet import TOKENS, ControlImage, ControlPatch, ZImageControlNet, load_controlnet
-from ..zimage_core.dit_loader import WEIGHT_DTYPES
+from ..zimage_core.adapters.controlnet import (
+    TOKENS,
+    ControlImage,
+    ControlPatch,
+    ZImageControlNet,
+    load_controlnet,
+)
 from ..zimage_core.errors import InputError
+from ..zimage_core.model.dit_loader import WEIGHT_DTYPES
 from . import host
 from .inputs import fraction
 

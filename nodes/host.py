@@ -17,19 +17,18 @@ from pathlib import Path
 import torch
 
 from ..zimage_core.errors import InputError
-from ..zimage_core.offload import free_memory as free_memory_of
+from ..zimage_core.weights.offload import free_memory as free_memory_of
 
 log = logging.getLogger("zimage_nodes")
 
 try:  # ComfyUI puts its root on sys.path; outside ComfyUI these imports fail and we run standalone.
-    import folder_paths  # type: ignore
-
     import comfy.latent_formats  # type: ignore
     import comfy.model_management as mm  # type: ignore
     import comfy.model_patcher  # type: ignore
     import comfy.model_sampling  # type: ignore
     import comfy.samplers  # type: ignore
     import comfy.utils  # type: ignore
+    import folder_paths  # type: ignore
     import latent_preview  # type: ignore
 
     IN_COMFYUI = True

@@ -26,22 +26,21 @@ import inspect
 import logging
 import weakref
 
-import torch
-import torch.nn as nn
-
 import comfy.model_base  # type: ignore
 import comfy.model_management  # type: ignore
 import comfy.model_patcher  # type: ignore
 import comfy.patcher_extension  # type: ignore
 import comfy.supported_models  # type: ignore
 import comfy.utils  # type: ignore
+import torch
+import torch.nn as nn
 from comfy.weight_adapter.lora import LoraDiff  # type: ignore
 
+from ..zimage_core.adapters.nag import NAGGuidance
+from ..zimage_core.adapters.patching import PatchedDiT
 from ..zimage_core.errors import InputError
-from ..zimage_core.nag import NAGGuidance
-from ..zimage_core.ops import HostCast, cast_workspace
-from ..zimage_core.patching import PatchedDiT
-from ..zimage_core.rope import ImagePositions
+from ..zimage_core.model.rope import ImagePositions
+from ..zimage_core.weights.ops import HostCast, cast_workspace
 
 # Lumina2 block patch points our DiT honours (comfy/ldm/lumina/model.py calls them after each block).
 SUPPORTED_PATCHES = ("noise_refiner", "double_block")

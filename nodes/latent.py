@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from ..zimage_core.latent import LATENT_CHANNELS, VAE_SCALE_FACTOR
+from ..zimage_core.model.latent import LATENT_CHANNELS, VAE_SCALE_FACTOR
 from ..zimage_core.pipeline import check_size
 from . import host
 

@@ -7,11 +7,16 @@ from typing import Any
 
 import torch
 
-from ..zimage_core.dit_loader import WEIGHT_DTYPES, load_dit
-from ..zimage_core.offload import MEMORY_PRESETS, blocks_to_keep, check_memory_preset, enable_block_offload
-from ..zimage_core.patching import PatchedDiT
-from ..zimage_core.text_encoder import TextEncoder, load_text_encoder
-from ..zimage_core.vae import FluxVAE, load_vae
+from ..zimage_core.adapters.patching import PatchedDiT
+from ..zimage_core.model.dit_loader import WEIGHT_DTYPES, load_dit
+from ..zimage_core.model.text_encoder import TextEncoder, load_text_encoder
+from ..zimage_core.model.vae import FluxVAE, load_vae
+from ..zimage_core.weights.offload import (
+    MEMORY_PRESETS,
+    blocks_to_keep,
+    check_memory_preset,
+    enable_block_offload,
+)
 from . import host
 
 TE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

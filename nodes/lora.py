@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 
-from ..zimage_core.lora import LoraPatch, load_lora
+from ..zimage_core.adapters.lora import LoraPatch, load_lora
 from . import host
 
 N_STACK = 4

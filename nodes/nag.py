@@ -1,10 +1,10 @@
-"""ZImageNAG: Normalized Attention Guidance, a negative prompt for Turbo at cfg 1 (see zimage_core/nag.py)."""
+"""ZImageNAG: Normalized Attention Guidance, a negative prompt for Turbo at cfg 1 (see zimage_core/adapters/nag.py)."""
 
 from __future__ import annotations
 
+from ..zimage_core.adapters.nag import NAG
+from ..zimage_core.adapters.patching import PatchedDiT
 from ..zimage_core.errors import InputError
-from ..zimage_core.nag import NAG
-from ..zimage_core.patching import PatchedDiT
 from . import host
 from .inputs import fraction
 from .sampler import conditioning_features

@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
-from ..zimage_core.prompt_enhancer import PRESETS, enhance, enhance_via_endpoint, system_prompt_for
+from ..zimage_core.prompt_enhancer import (
+    PRESETS,
+    enhance,
+    enhance_via_endpoint,
+    system_prompt_for,
+)
 from . import host
 
 TOP_P = 0.9

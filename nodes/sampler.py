@@ -9,10 +9,22 @@ import torch
 import torch.nn.functional as F
 
 from ..zimage_core.errors import InputError
-from ..zimage_core.latent import LATENT_CHANNELS, SPATIAL_MULTIPLE, VAE_SCALE_FACTOR, to_model_space, to_vae_space
-from ..zimage_core.samplers import SAMPLERS
-from ..zimage_core.sampling import Denoiser, Guidance, sample, sample_euler
-from ..zimage_core.schedules import DEFAULT_SCHEDULER, SCHEDULERS, check_sigmas, flow_sigmas, scheduler_sigmas
+from ..zimage_core.model.latent import (
+    LATENT_CHANNELS,
+    SPATIAL_MULTIPLE,
+    VAE_SCALE_FACTOR,
+    to_model_space,
+    to_vae_space,
+)
+from ..zimage_core.sampling.loop import Denoiser, Guidance, sample, sample_euler
+from ..zimage_core.sampling.samplers import SAMPLERS
+from ..zimage_core.sampling.schedules import (
+    DEFAULT_SCHEDULER,
+    SCHEDULERS,
+    check_sigmas,
+    flow_sigmas,
+    scheduler_sigmas,
+)
 from . import host
 
 log = logging.getLogger("zimage_nodes")

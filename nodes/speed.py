@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..zimage_core.compile import MODES, TorchCompile
+from ..zimage_core.adapters.compile import MODES, TorchCompile
 
 
 class ZImageTorchCompile:

@@ -6,9 +6,9 @@ import logging
 
 import torch
 
-from ..zimage_core.latent import SPATIAL_MULTIPLE
-from ..zimage_core.pipeline import decode, from_pixels
 from ..zimage_core.errors import InputError
+from ..zimage_core.model.latent import SPATIAL_MULTIPLE
+from ..zimage_core.pipeline import decode, from_pixels
 from . import host
 from .sampler import check_latent
 

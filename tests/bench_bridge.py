@@ -9,7 +9,7 @@ turns (ours, ours_blas, native, ours, ...):
   native  comfy.sd.load_diffusion_model (what UNETLoader does) -> KSampler (euler / simple)
   ours    zimage_core.load_dit -> ZImageDiTToModel's MODEL (nodes/host_model.py) -> the same KSampler call
   ours_blas  the same with ZIMAGE_CPU_GEMM=blas: every fp32 product through F.linear's BLAS as in native, so
-          the table separates what the choice of GEMM library (zimage_core.ops.cpu_gemm) brings from the rest
+          the table separates what the choice of GEMM library (zimage_core.weights.ops.cpu_gemm) brings from the rest
 Reported: load seconds, sampling seconds (wall), their sum (what a first run of a graph waits), the CPU
 seconds of the sampling (all threads; steadier than wall time on a shared machine), peak RSS (VmHWM, reset
 after the imports) above the RSS after the imports (file-backed pages of memory-mapped weights count as
@@ -65,8 +65,8 @@ def load_model(pack, native: bool, path: str):
     if native:
         return comfy.sd.load_diffusion_model(path)
     hm = importlib.import_module(pack.__name__ + ".nodes.host_model")
-    dit = importlib.import_module(pack.__name__ + ".zimage_core.dit_loader").load_dit(path)
-    patched = importlib.import_module(pack.__name__ + ".zimage_core.patching").PatchedDiT(dit)
+    dit = importlib.import_module(pack.__name__ + ".zimage_core.model.dit_loader").load_dit(path)
+    patched = importlib.import_module(pack.__name__ + ".zimage_core.adapters.patching").PatchedDiT(dit)
     return hm.as_model(patched, torch.device("cpu"), torch.device("cpu"))
 
 
@@ -79,13 +79,13 @@ def child(kind: str, path: str, size: int, steps: int, out: str, cache: str, thr
     import comfy.sample
     import torch
 
-    from zimage_core.bench_quant import reset_peak, status
+    from zimage_core.tools.bench_quant import reset_peak, status
 
     reset_peak()
     base = status("VmRSS")
     t0 = time.perf_counter()
     model = load_model(pack, kind == "native", path)
-    gemm = "blas" if kind == "native" else importlib.import_module(pack.__name__ + ".zimage_core.ops").cpu_gemm()
+    gemm = "blas" if kind == "native" else importlib.import_module(pack.__name__ + ".zimage_core.weights.ops").cpu_gemm()
     load_s = time.perf_counter() - t0
     if cache != "none":
         from comfy_extras import nodes_easycache
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(HERE.parent))
     from zimage_core.tiny.dit import random_dit_state
-    from zimage_core.transformer import DiTConfig
+    from zimage_core.model.transformer import DiTConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
     cfg = DiTConfig(dim=3840, n_layers=a.layers, n_refiner_layers=2, n_heads=30, ffn_dim=10240, cap_feat_dim=CAP_DIM)

@@ -45,7 +45,7 @@ def write_models(d: Path):
 
     from zimage_core.tiny import make_tiny
     from zimage_core.tiny.dit import random_dit_state
-    from zimage_core.transformer import DiTConfig
+    from zimage_core.model.transformer import DiTConfig
 
     tiny = make_tiny(d / "tiny")
     cfg = DiTConfig(dim=3840, n_layers=1, n_refiner_layers=2, n_heads=30, ffn_dim=10240, cap_feat_dim=64)

@@ -2,7 +2,7 @@
 
     python tests/bench_quant_host.py [--layers 2] [--size 256] [--steps 2] [--repeats 2] [--workdir DIR] [--out FILE]
 
-The files are zimage_core.bench_quant's: a full-width (3840) random DiT with `layers` main layers and 2 + 2
+The files are zimage_core.tools.bench_quant's: a full-width (3840) random DiT with `layers` main layers and 2 + 2
 refiner blocks (what ComfyUI builds), stored as bf16, scaled fp8, GGUF Q8_0 and GGUF Q4_K. Each contender
 runs in a fresh process:
   ours    zimage_core.load_dit -> DiT forwards (what ZImageSampler runs)
@@ -66,7 +66,7 @@ def comfy_child(kind: str, path: str, size: int, steps: int) -> dict:
     import comfy.sd
     import torch
 
-    from zimage_core.bench_quant import memory_after, reset_peak, status
+    from zimage_core.tools.bench_quant import memory_after, reset_peak, status
 
     if kind == "gguf":
         sys.path.append(str(GGUF_PACK.parent))
@@ -125,8 +125,8 @@ def main(argv=None) -> int:
     if a.child:
         kind, path, size, steps = a.child
         if kind in ("ours", "ours_whole"):
-            from zimage_core import ops
-            from zimage_core.bench_quant import measure
+            from zimage_core.weights import ops
+            from zimage_core.tools.bench_quant import measure
 
             if kind == "ours_whole":  # the CPU row chunking off: each layer's whole weight expanded at once
                 ops.CPU_CHUNK_ELEMENTS = 1 << 62
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from zimage_core.bench_quant import add_ratios, bench_config, write_files
+    from zimage_core.tools.bench_quant import add_ratios, bench_config, write_files
 
     torch.set_num_threads(2)
     cfg = bench_config(a.layers)

@@ -4,7 +4,7 @@ MODEL from the bf16 file, one run.
     python tests/bench_train.py [--layers 1] [--size 256] [--steps 3] [--rank 8] [--out bench_train.json]
 
 ComfyUI builds a Z-Image model only from a 3840-wide DiT, so the files are a full-width random DiT with fewer
-main layers (plus the 2 + 2 refiner blocks), written by zimage_core.bench_quant.write_files. Each contender
+main layers (plus the 2 + 2 refiner blocks), written by zimage_core.tools.bench_quant.write_files. Each contender
 trains in a fresh process, with the node's defaults (bf16 autocast, bf16 LoRA, gradient checkpointing at depth
 1, AdamW) on one latent of `--size` pixels:
   native_bf16  comfy.sd.load_diffusion_model (UNETLoader) -> TrainLoraNode
@@ -39,7 +39,7 @@ def child(kind: str, path: str, size: int, steps: int, rank: int) -> None:
     import torch
     from comfy_extras import nodes_train
 
-    from zimage_core.bench_quant import reset_peak, status
+    from zimage_core.tools.bench_quant import reset_peak, status
 
     before_load = status("VmRSS")
     model = load_model(pack, kind == "native_bf16", path)
@@ -79,8 +79,8 @@ def main(argv=None) -> int:
         return 0
 
     sys.path.insert(0, str(HERE.parent))
-    from zimage_core.bench_quant import write_files
-    from zimage_core.transformer import DiTConfig
+    from zimage_core.tools.bench_quant import write_files
+    from zimage_core.model.transformer import DiTConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     cfg = DiTConfig(n_layers=a.layers, n_refiner_layers=2, cap_feat_dim=CAP_DIM)

@@ -152,8 +152,8 @@ def wide_models(comfyui_host, tiny, tmp_path_factory):
 
     from zimage_core.tiny.dit import random_dit_state
     from zimage_core.tiny.vae import random_vae
-    from zimage_core.transformer import DiTConfig
-    from zimage_core.vae import VAEConfig
+    from zimage_core.model.transformer import DiTConfig
+    from zimage_core.model.vae import VAEConfig
 
     host = comfyui_host
     d = tmp_path_factory.mktemp("wide_models")

@@ -8,12 +8,12 @@ import importlib
 import pytest
 import torch
 
-from zimage_core.adaln import AdaLNDetail, AdaLNScale, ConditioningVariance, combine_conditioning, window_weight
-from zimage_core.patching import PatchedDiT
-from zimage_core.sampling import Guidance, sample_euler
-from zimage_core.schedules import flow_sigmas
+from zimage_core.adapters.adaln import AdaLNDetail, AdaLNScale, ConditioningVariance, combine_conditioning, window_weight
+from zimage_core.adapters.patching import PatchedDiT
+from zimage_core.sampling.loop import Guidance, sample_euler
+from zimage_core.sampling.schedules import flow_sigmas
 from zimage_core.tiny.dit import TINY_DIT, random_dit_state
-from zimage_core.transformer import ZImageDiT
+from zimage_core.model.transformer import ZImageDiT
 
 CFG = TINY_DIT
 STEPS = 8
@@ -232,8 +232,8 @@ def test_adaln_nodes_declare_v1_api_with_tooltips(nodes):
 
 
 def test_adaln_nodes_return_patched_copies(pack, nodes):
-    patching = importlib.import_module(pack.__name__ + ".zimage_core.patching")
-    core = importlib.import_module(pack.__name__ + ".zimage_core.transformer")
+    patching = importlib.import_module(pack.__name__ + ".zimage_core.adapters.patching")
+    core = importlib.import_module(pack.__name__ + ".zimage_core.model.transformer")
     errors = importlib.import_module(pack.__name__ + ".zimage_core.errors")
     with torch.device("meta"):
         base = patching.PatchedDiT(core.ZImageDiT(CFG))

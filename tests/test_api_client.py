@@ -1,4 +1,4 @@
-"""Tests of the headless client `python -m zimage_core.api_client` (zimage_core/api_client.py).
+"""Tests of the headless client `python -m zimage_core.client` (zimage_core/client/).
 
 Part 1 runs against a small fake ComfyUI written here (stdlib http.server on 127.0.0.1:0 in a thread:
 POST /prompt, GET /history/<id>, GET /view, GET /queue, POST /interrupt and the websocket upgrade with
@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from zimage_core import api_client as ac
+from zimage_core import client as ac
+from zimage_core.client import transport
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40   # content is only compared byte for byte
@@ -577,7 +578,7 @@ def test_set_and_seed_on_the_command_line(wf, capsys):
 
 
 def test_module_starts_without_heavy_imports():
-    code = "import sys, zimage_core.api_client; print(sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))"
+    code = "import sys, zimage_core.client; print(sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out
 
@@ -601,7 +602,7 @@ def test_bad_websocket_handshake_falls_back_to_polling(fake, tmp_path):
 
 
 def test_without_websocket_client_the_run_polls_and_says_why(fake, tmp_path, monkeypatch):
-    monkeypatch.setattr(ac, "websocket", None)
+    monkeypatch.setattr(transport, "websocket", None)
     fake.no_ws = True  # the prompt finishes by itself; the client must not even try /ws
     warnings_seen = []
     res = ac.Client(fake.address, timeout=20).run(

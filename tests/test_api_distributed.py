@@ -1,4 +1,4 @@
-"""zimage_core.api_distributed without ComfyUI: which nodes a worker gets, how a worker's address is found, and the
+"""zimage_core.client.distributed without ComfyUI: which nodes a worker gets, how a worker's address is found, and the
 checks against a small fake worker (stdlib HTTP server on 127.0.0.1). The real master + workers:
 tests/test_distributed.py."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from zimage_core import api_distributed as ad
-from zimage_core.api_client import Client, UsageError
+from zimage_core.client import distributed as ad
+from zimage_core.client import Client, UsageError
 
 GRAPH = {
     "1": {"class_type": "ZImageDiTLoader", "inputs": {"dit_name": "z.safetensors", "weight_dtype": "auto"}},

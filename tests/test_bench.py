@@ -13,7 +13,7 @@ pytest.importorskip("diffusers")
 
 def test_benchmark_smoke_run_writes_every_measure_and_ratio(tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "-m", "zimage_core.bench", "--config", "smoke", "--repeats", "1",
+    r = subprocess.run([sys.executable, "-m", "zimage_core.tools.bench", "--config", "smoke", "--repeats", "1",
                         "--workdir", str(tmp_path / "w"), "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ours/diff" in r.stdout

@@ -1,4 +1,4 @@
-"""The full-size benchmark's machinery (zimage_core/bench_full.py, `python -m zimage_core bench`): files
+"""The full-size benchmark's machinery (zimage_core/tools/bench_full.py, `python -m zimage_core bench`): files
 streamed to disk read back as written, contender names, and one end-to-end run on tiny random models in real
 ComfyUI processes (needs COMFYUI_PATH): table, JSON, per-node memory and step times, pixel differences, the
 memory limit that stops a contender. No timing is asserted: the benchmark reports, the test checks it reports."""
@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zimage_core import bench_full
+from zimage_core.tools import bench_full, fullsize_files
 from zimage_core.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ def test_streamed_safetensors_read_back_as_written(tmp_path):
     made = {"a.weight": torch.randn(3, 5, generator=g), "b": torch.randn(7, generator=g),
             "c.weight": torch.randn(2, 4, generator=g) / 10}
     specs = {"a.weight": ((3, 5), torch.bfloat16), "b": ((7,), torch.float32), "c.weight": ((2, 4), torch.float8_e4m3fn)}
-    path = bench_full.write_safetensors_streamed(tmp_path / "x.safetensors", specs, made.__getitem__)
+    path = fullsize_files.write_safetensors_streamed(tmp_path / "x.safetensors", specs, made.__getitem__)
     back = load_file(str(path))
     assert list(back) == list(specs) or set(back) == set(specs)
     for name, (shape, dtype) in specs.items():
@@ -35,11 +35,11 @@ def test_streamed_safetensors_read_back_as_written(tmp_path):
 
 
 def test_tiny_files_load_with_our_loaders_in_their_stored_formats(tmp_path):
-    from zimage_core.dit_loader import load_dit
-    from zimage_core.text_encoder import load_text_encoder
+    from zimage_core.model.dit_loader import load_dit
+    from zimage_core.model.text_encoder import load_text_encoder
 
-    sizes = bench_full.SIZES["tiny"]
-    files = bench_full.ensure_files(["dit_bf16", "dit_fp8", "dit_q8_0", "te_bf16", "te_fp8", "te_q8_0"], tmp_path,
+    sizes = fullsize_files.SIZES["tiny"]
+    files = fullsize_files.ensure_files(["dit_bf16", "dit_fp8", "dit_q8_0", "te_bf16", "te_fp8", "te_q8_0"], tmp_path,
                                     sizes, log=lambda s: None)
     dit = load_dit(files["dit_bf16"])
     assert dit.cfg.dim == sizes.dit.dim and dit.layers[0].feed_forward.w1.weight.dtype == torch.bfloat16
@@ -49,7 +49,7 @@ def test_tiny_files_load_with_our_loaders_in_their_stored_formats(tmp_path):
 
     tok = write_tiny_tokenizer(tmp_path / "tokenizer")  # none beside these files (ComfyUI gives its own)
     te = load_text_encoder(files["te_bf16"], tokenizer_path=tok)
-    assert te.model.config.vocab_size == bench_full.FULL_VOCAB
+    assert te.model.config.vocab_size == fullsize_files.FULL_VOCAB
     assert te.model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     te8 = load_text_encoder(files["te_fp8"], tokenizer_path=tok)
     assert te8.model.model.layers[0].mlp.up_proj.weight.dtype == torch.float8_e4m3fn

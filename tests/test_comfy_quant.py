@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from zimage_core.dit_loader import load_dit
+from zimage_core.model.dit_loader import load_dit
 from zimage_core.errors import CheckpointError
-from zimage_core.offload import enable_block_offload
-from zimage_core.quant import ComfyQuantWeight
+from zimage_core.weights.offload import enable_block_offload
+from zimage_core.weights.quant import ComfyQuantWeight
 from zimage_core.tiny.dit import random_dit_state
-from zimage_core.transformer import DiTConfig
+from zimage_core.model.transformer import DiTConfig
 
 ck = pytest.importorskip("comfy_kitchen")
 eager = pytest.importorskip("comfy_kitchen.backends.eager.quantization")

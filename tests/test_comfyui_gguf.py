@@ -19,7 +19,7 @@ PROMPT = "a red fox in the snow at sunrise"
 @pytest.fixture(scope="module")
 def server(comfyui_host, tiny, tmp_path_factory):
     from zimage_core.tiny.quantized import write_random_gguf_dit
-    from zimage_core.transformer import DiTConfig
+    from zimage_core.model.transformer import DiTConfig
 
     host = comfyui_host
     assert "UnetLoaderGGUF" in host.object_info(), "ComfyUI-GGUF is not loaded: run tests/setup-host.sh"
@@ -54,7 +54,7 @@ def _write_comfy_quant(path, cfg, fmt_of):
     import torch
     from safetensors.torch import save_file
 
-    from zimage_core.transformer import ZImageDiT
+    from zimage_core.model.transformer import ZImageDiT
 
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in ZImageDiT(cfg).state_dict().items()}

@@ -186,7 +186,7 @@ def test_graph_matches_core_pipeline(comfyui, tiny_models):
 def test_controlnet_nodes_in_comfyui_equal_the_core_pipeline(comfyui, tiny_models):
     """LoadImage -> ZImageControlNetLoader (models/model_patches) -> two chained ZImageControlNetApply (2.1 with a
     range, 1.0 from a diffusers folder) -> sampler; the picture equals zimage_core's pipeline (<= 1/255)."""
-    from zimage_core.controlnet import ControlImage, load_controlnet
+    from zimage_core.adapters.controlnet import ControlImage, load_controlnet
 
     cn = tiny_models["controlnets"]
     comfyui.put_model("model_patches", "cn_tiny_2.1.safetensors", cn / "controlnet_tiny_2.1.safetensors")

@@ -7,11 +7,11 @@ import importlib
 import pytest
 import torch
 
-from zimage_core.compile import TorchCompile
+from zimage_core.adapters.compile import TorchCompile
 from zimage_core.errors import InputError
-from zimage_core.patching import PatchedDiT
+from zimage_core.adapters.patching import PatchedDiT
 from zimage_core.tiny.dit import TINY_DIT, random_dit_state
-from zimage_core.transformer import ZImageDiT
+from zimage_core.model.transformer import ZImageDiT
 
 
 @torch.no_grad()

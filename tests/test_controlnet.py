@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from zimage_core.controlnet import Control, ControlStep, load_controlnet
-from zimage_core.dit_loader import load_dit
+from zimage_core.adapters.controlnet import Control, ControlStep, load_controlnet
+from zimage_core.model.dit_loader import load_dit
 from zimage_core.errors import CheckpointError, InputError
 from zimage_core.tiny.dit import TINY_DIT, random_dit_state, write_diffusers_folder
 
@@ -191,7 +191,7 @@ def test_single_file_and_diffusers_folder_load_the_same_weights(tiny_set):
 @pytest.mark.parametrize("variant,scale,end", [("1.0", 0.7, 1.0), ("2.1", 1.0, 1.0), ("2.0", 0.7, 1.0),
                                                ("tile", 0.85, 1.0), ("lite", 0.7, 1.0)])
 def test_controlnet_pipeline_matches_diffusers(tiny_set, variant, scale, end):
-    from zimage_core.controlnet import ControlImage
+    from zimage_core.adapters.controlnet import ControlImage
 
     paths, nets, pipe = tiny_set
     ref_net = diffusers.ZImageControlNetModel.from_pretrained(str(nets[variant + "/diffusers"]))
@@ -210,7 +210,7 @@ def test_controlnet_pipeline_matches_diffusers(tiny_set, variant, scale, end):
 
 @pytest.mark.parametrize("variant", ["2.1", "inpaint"])
 def test_controlnet_inpaint_pipeline_matches_diffusers(tiny_set, variant):
-    from zimage_core.controlnet import ControlImage
+    from zimage_core.adapters.controlnet import ControlImage
 
     paths, nets, pipe = tiny_set
     ref_net = diffusers.ZImageControlNetModel.from_pretrained(str(nets[variant + "/diffusers"]))
@@ -232,8 +232,8 @@ def test_controlnet_inpaint_pipeline_matches_diffusers(tiny_set, variant):
 def test_partial_range_equals_the_reference_with_the_hint_off_outside_it(tiny_set):
     """start/end in model time t = 1 - sigma: with end 0.2 the control acts on the steps with sigma >= 0.8.
     The reference: diffusers' denoising loop with the scale set to 0 on the other steps."""
-    from zimage_core.controlnet import ControlImage
-    from zimage_core.schedules import flow_sigmas
+    from zimage_core.adapters.controlnet import ControlImage
+    from zimage_core.sampling.schedules import flow_sigmas
 
     paths, nets, pipe = tiny_set
     ref_net = diffusers.ZImageControlNetModel.from_pretrained(str(nets["1.0/diffusers"]))
@@ -258,8 +258,8 @@ def test_cli_control_gives_the_pipeline_image(tiny_set, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from zimage_core.cli import main
-    from zimage_core.controlnet import ControlImage
+    from zimage_core.tools.cli import main
+    from zimage_core.adapters.controlnet import ControlImage
 
     paths, nets, pipe = tiny_set
     control = _image(7)
@@ -289,7 +289,7 @@ def test_cli_control_gives_the_pipeline_image(tiny_set, tmp_path):
 
 
 def test_cli_control_errors_are_clear(tiny_set, tmp_path, capsys):
-    from zimage_core.cli import main
+    from zimage_core.tools.cli import main
 
     paths, nets, _ = tiny_set
     base = ["generate", "--tiny", "--prompt", "x", "--width", "64", "--height", "64", "--steps", "1",
@@ -326,9 +326,9 @@ def test_full_size_released_variants_on_the_meta_device(variant):
     compared with what diffusers' own ZImageControlNetModel holds for that config."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
-    from zimage_core.controlnet import ControlNetConfig, ZImageControlNet, read_config
+    from zimage_core.adapters.controlnet import ControlNetConfig, ZImageControlNet, read_config
     from zimage_core.tiny.controlnet import diffusers_config
-    from zimage_core.transformer import DiTConfig
+    from zimage_core.model.transformer import DiTConfig
 
     in_dim, n, kind, places, detected = RELEASED[variant]
     dit = DiTConfig()

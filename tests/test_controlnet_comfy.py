@@ -29,11 +29,11 @@ from comfy_inprocess import (  # skips the module without COMFYUI_PATH
 )
 from safetensors.torch import save_file
 
-from zimage_core.controlnet import ControlNetConfig
+from zimage_core.adapters.controlnet import ControlNetConfig
 from zimage_core.tiny.controlnet import random_controlnet_state
 from zimage_core.tiny.dit import random_dit_state
 from zimage_core.tiny.vae import write_tiny_vae
-from zimage_core.transformer import DiTConfig
+from zimage_core.model.transformer import DiTConfig
 
 CFG = DiTConfig(dim=256, n_layers=30, n_refiner_layers=2, n_heads=4, ffn_dim=682, cap_feat_dim=64, t_mid_dim=256)
 CPU = torch.device("cpu")
@@ -49,14 +49,14 @@ def env(pack, tmp_path_factory):
     mod = lambda n: importlib.import_module(f"{pack.__name__}.{n}")
     state = random_dit_state(CFG, seed=3)
     save_file({k: v.contiguous() for k, v in state.items()}, str(d / "dit.safetensors"))
-    dit = mod("zimage_core.dit_loader").load_dit(d / "dit.safetensors", "fp32")
+    dit = mod("zimage_core.model.dit_loader").load_dit(d / "dit.safetensors", "fp32")
     for name, (variant, in_dim, n) in FILES.items():
         cfg = ControlNetConfig(dim=CFG.dim, n_heads=CFG.n_heads, ffn_dim=CFG.ffn_dim, control_in_dim=in_dim,
                                n_control_layers=n, variant=variant)
         save_file(random_controlnet_state(cfg, seed=7), str(d / f"cn_{name}.safetensors"))
     folder_paths.add_model_folder_path("model_patches", str(d))
-    vae = mod("zimage_core.vae").load_vae(write_tiny_vae(d / "vae")["bfl"])
-    return {"dir": d, "state": state, "patched": mod("zimage_core.patching").PatchedDiT(dit), "vae": vae,
+    vae = mod("zimage_core.model.vae").load_vae(write_tiny_vae(d / "vae")["bfl"])
+    return {"dir": d, "state": state, "patched": mod("zimage_core.adapters.patching").PatchedDiT(dit), "vae": vae,
             "hm": mod("nodes.host_model"), "mod": mod}
 
 
@@ -105,7 +105,7 @@ def ksample(model, latent=None):
 
 def pixels(env, latent):
     """0..255 pixels of a model-space latent through the tiny VAE."""
-    from zimage_core.latent import to_vae_space
+    from zimage_core.model.latent import to_vae_space
 
     img = env["vae"].decode(to_vae_space(latent))
     return ((img.clamp(-1, 1) + 1) * 127.5).round()
@@ -138,7 +138,7 @@ def test_native_zimage_fun_controlnet_on_our_model_equals_it_on_native_nextdit(e
 
 def test_our_control_reaches_ksampler_through_the_model_and_equals_our_sampler(env):
     """ZImageControlNetApply's control (a range and a mask) on the ZIMAGE_DIT survives ZImageDiTToModel."""
-    from zimage_core.controlnet import ControlImage, ControlPatch, load_controlnet
+    from zimage_core.adapters.controlnet import ControlImage, ControlPatch, load_controlnet
 
     net = load_controlnet(env["dir"] / "cn_2.1.safetensors", "fp32")
     mask = torch.ones(1, H, W)
@@ -157,7 +157,7 @@ def test_our_control_reaches_ksampler_through_the_model_and_equals_our_sampler(e
 
 
 def our_control(env, name, tokens, **kw):
-    from zimage_core.controlnet import ControlImage, ControlPatch, load_controlnet
+    from zimage_core.adapters.controlnet import ControlImage, ControlPatch, load_controlnet
 
     net = load_controlnet(env["dir"] / f"cn_{name}.safetensors", "fp32")
     ctl = ControlImage(net, image(4), 0.8, tokens=tokens, **kw).to_control(env["vae"])

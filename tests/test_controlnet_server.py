@@ -26,7 +26,7 @@ def server(wide_models, tmp_path_factory):
     import torch
     from safetensors.torch import save_file
 
-    from zimage_core.controlnet import ControlNetConfig
+    from zimage_core.adapters.controlnet import ControlNetConfig
     from zimage_core.tiny.controlnet import random_controlnet_state
 
     host = wide_models

@@ -9,7 +9,7 @@ gives the master the seed s and worker i the seed s + i; `DistributedCollector` 
 for a LoRA + ControlNet graph; UltimateSDUpscaleDistributed on our MODEL equals its single-process mode; and
 what the master answers when a worker lacks a model file, has an older copy of the pack (a node missing), has a
 broken copy of a model file, or dies in the middle of the job: ComfyUI-Distributed's own answer, and the answer
-of our headless client (zimage_core.api_client), which checks the workers first and names the worker and the
+of our headless client (zimage_core.client), which checks the workers first and names the worker and the
 cause.
 
 The processes are started by the module's fixture (in parallel, ~15 s on 2 cores) and stopped by their pids at
@@ -181,7 +181,7 @@ def _history_len(host):
 
 
 def client_run(cluster, graph, workers, tmp_path, on_event=None):
-    from zimage_core.api_client import Client
+    from zimage_core.client import Client
 
     return Client(cluster.master.url, timeout=300).run(graph, out_dir=tmp_path, workers=workers, on_event=on_event)
 
@@ -191,11 +191,11 @@ def _files(result):
 
 
 def test_api_client_runs_a_distributed_workflow_and_downloads_every_image(cluster, tmp_path, capsys):
-    """zimage_core.api_client on the master with --workers: /distributed/queue, then the 3 collected images
+    """zimage_core.client on the master with --workers: /distributed/queue, then the 3 collected images
     (master's, worker 1's, worker 2's) downloaded, equal to single-process runs at s, s + 1, s + 2."""
     import json
 
-    from zimage_core.api_client import main
+    from zimage_core.client import main
 
     seed = 400
     result = client_run(cluster, distributed_graph(seed, "client_py"), ["1", "2"], tmp_path / "py")
@@ -287,7 +287,7 @@ def usdu_files(cluster, tmp_path_factory):
     from safetensors.torch import save_file
 
     from zimage_core.tiny.vae import random_vae
-    from zimage_core.vae import VAEConfig
+    from zimage_core.model.vae import VAEConfig
 
     d = tmp_path_factory.mktemp("usdu")
     ae = random_vae(VAEConfig(channels=(128, 256, 512, 512), num_res_blocks=2, z_channels=16), seed=1)

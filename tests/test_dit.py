@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from zimage_core.dit_loader import load_dit, native_to_diffusers
+from zimage_core.model.dit_loader import load_dit, native_to_diffusers
 from zimage_core.errors import CheckpointError
 from zimage_core.tiny.dit import TINY_DIT, random_dit_state, write_diffusers_folder
-from zimage_core.transformer import DiTConfig, ZImageDiT
+from zimage_core.model.transformer import DiTConfig, ZImageDiT
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -90,7 +90,7 @@ def test_memory_mapped_and_read_loads_give_identical_weights(dit_files):
 
 
 def test_inference_and_autograd_forwards_agree_and_backward_works(dit_files, monkeypatch):
-    from zimage_core import ops
+    from zimage_core.weights import ops
 
     monkeypatch.setattr(ops, "_gemm", "blas")  # the one GEMM library in both modes (oneDNN serves inference only)
     cfg, d, _ = dit_files
@@ -300,7 +300,7 @@ def test_a_failed_load_leaves_a_loaded_model_usable(tmp_path):
 
 @pytest.mark.parametrize("stored", [torch.bfloat16, torch.float8_e4m3fn])
 def test_cpu_weight_casts_in_the_reused_workspace_equal_fresh_casts(stored):
-    from zimage_core import ops
+    from zimage_core.weights import ops
 
     g = torch.Generator().manual_seed(0)
     big, small = ops.Linear(64, 96), ops.Linear(96, 32, bias=False)
@@ -332,7 +332,7 @@ def test_cpu_linear_gives_the_fp32_product_with_either_gemm_library(gemm, monkey
     """Large fp32 CPU products may go to oneDNN instead of F.linear's BLAS (ops.cpu_gemm): both are fp32
     products, equal to the float64 result within fp32 rounding, on the whole-weight, workspace and row-chunk
     paths alike."""
-    from zimage_core import ops
+    from zimage_core.weights import ops
 
     monkeypatch.setattr(ops, "_gemm", gemm)
     g = torch.Generator().manual_seed(0)
@@ -353,7 +353,7 @@ def test_cpu_linear_gives_the_fp32_product_with_either_gemm_library(gemm, monkey
 
 
 def test_cpu_gemm_choice_follows_the_environment_and_names_a_bad_value(monkeypatch):
-    from zimage_core import ops
+    from zimage_core.weights import ops
     from zimage_core.errors import InputError
 
     for value in ("onednn", "blas", " BLAS "):

@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from zimage_core.dit_loader import load_dit
+from zimage_core.model.dit_loader import load_dit
 from zimage_core.errors import CheckpointError, InputError
-from zimage_core.lora import load_lora, merged_copy
-from zimage_core.offload import enable_block_offload, module_bytes
-from zimage_core.ops import Linear
-from zimage_core.patching import PatchedDiT
+from zimage_core.adapters.lora import load_lora, merged_copy
+from zimage_core.weights.offload import enable_block_offload, module_bytes
+from zimage_core.weights.ops import Linear
+from zimage_core.adapters.patching import PatchedDiT
 from zimage_core.pipeline import ZImagePipeline
-from zimage_core.quant import BLOCK_SIZES, dequantize
+from zimage_core.weights.quant import BLOCK_SIZES, dequantize
 from zimage_core.tiny import make_tiny
 from zimage_core.tiny.dit import random_dit_state, write_diffusers_folder
 from zimage_core.tiny.quantized import TINY_QUANT_DIT, random_blocks, write_tiny_gguf_dits
@@ -167,7 +167,7 @@ def test_cpu_row_chunked_layers_give_the_whole_weight_output_with_a_lora_on_top(
     """On the CPU big stored-form weights are expanded a few rows at a time (ops.CPU_CHUNK_ELEMENTS); with the
     threshold lowered so the tiny model's Linears are split into several chunks, the outputs (a LoRA patch
     included) equal the whole-weight computation."""
-    from zimage_core import ops
+    from zimage_core.weights import ops
 
     _, _, ggufs = files
     model = load_dit(ggufs[stored])
@@ -185,7 +185,7 @@ def test_cpu_row_chunked_layers_give_the_whole_weight_output_with_a_lora_on_top(
 
 @torch.no_grad()
 def test_compiled_blocks_on_packed_weights_give_the_eager_output(files):
-    from zimage_core.compile import TorchCompile
+    from zimage_core.adapters.compile import TorchCompile
 
     _, _, ggufs = files
     model = load_dit(ggufs["Q8_0"])
@@ -250,7 +250,7 @@ def test_a_failed_gguf_load_leaves_a_loaded_gguf_model_usable(files, tmp_path):
 
 
 def test_cli_make_tiny_quant_writes_gguf_dits_that_generate(tmp_path):
-    from zimage_core.cli import main
+    from zimage_core.tools.cli import main
 
     assert main(["make-tiny", "--out", str(tmp_path), "--quant", "Q8_0,Q4_K"]) == 0
     f = tmp_path / "diffusion_models" / "z_image_tiny-Q4_K.gguf"

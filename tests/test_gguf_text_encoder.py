@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from zimage_core import prompt_enhancer as pe
-from zimage_core.dit_loader import load_dit
+from zimage_core.model.dit_loader import load_dit
 from zimage_core.errors import CheckpointError
-from zimage_core.text_encoder import load_text_encoder
+from zimage_core.model.text_encoder import load_text_encoder
 from zimage_core.tiny import make_tiny
 from zimage_core.tiny.quantized import write_gguf_text_encoder, write_tiny_gguf_dits
 

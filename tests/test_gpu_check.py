@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from zimage_core import gpu_check
+from zimage_core.tools import gpu_check
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def tiny_run(tmp_path_factory):
     sys.path additions could shadow packages such as gguf that diffusers imports)."""
     out = tmp_path_factory.mktemp("gpu_check")
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, "-m", "zimage_core.gpu_check", "--tiny", "--out", str(out / "out"),
+    r = subprocess.run([sys.executable, "-m", "zimage_core.tools.gpu_check", "--tiny", "--out", str(out / "out"),
                         "--workdir", str(out / "weights")], cwd=root, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(root)})
     assert r.returncode == 0, r.stderr[-2000:]

@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from zimage_core.dit_loader import diffusers_to_native_name, native_to_diffusers
+from zimage_core.model.dit_loader import diffusers_to_native_name, native_to_diffusers
 from zimage_core.errors import CheckpointError, InputError
-from zimage_core.lora import load_lora, merge_lora, merged_copy
-from zimage_core.ops import Linear
-from zimage_core.patching import PatchedDiT
+from zimage_core.adapters.lora import load_lora, merge_lora, merged_copy
+from zimage_core.weights.ops import Linear
+from zimage_core.adapters.patching import PatchedDiT
 from zimage_core.tiny.dit import TINY_DIT, random_dit_state, write_diffusers_folder
-from zimage_core.transformer import ZImageDiT
+from zimage_core.model.transformer import ZImageDiT
 
 CFG = TINY_DIT
 RANK, ALPHA = 4, 2.0
@@ -353,8 +353,8 @@ def nodes(pack):
 
 
 def _node_dit(pack, state):
-    core = importlib.import_module(pack.__name__ + ".zimage_core.transformer")
-    patching = importlib.import_module(pack.__name__ + ".zimage_core.patching")
+    core = importlib.import_module(pack.__name__ + ".zimage_core.model.transformer")
+    patching = importlib.import_module(pack.__name__ + ".zimage_core.adapters.patching")
     m = core.ZImageDiT(CFG)
     m.load_state_dict(state)
     return patching.PatchedDiT(m.eval().requires_grad_(False))

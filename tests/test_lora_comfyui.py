@@ -169,9 +169,9 @@ def test_a_mixed_kind_file_in_the_real_server_equals_lora_loader_model_only_on_u
     import numpy as np
     from PIL import Image
 
-    from zimage_core.lora import load_lora
+    from zimage_core.adapters.lora import load_lora
     from zimage_core.tiny.dit import random_dit_state
-    from zimage_core.transformer import DiTConfig
+    from zimage_core.model.transformer import DiTConfig
 
     host = comfyui_host
     d = tmp_path_factory.mktemp("lora_host")

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from test_lora import STYLES, random_lora, style_file
 
 from zimage_core.tiny.dit import random_dit_state
-from zimage_core.transformer import DiTConfig
+from zimage_core.model.transformer import DiTConfig
 
 CFG = DiTConfig(dim=256, n_layers=2, n_refiner_layers=2, n_heads=4, ffn_dim=682, cap_feat_dim=64, t_mid_dim=256)
 CPU = torch.device("cpu")
@@ -34,8 +34,8 @@ def bridge(pack, tmp_path_factory):
     state = random_dit_state(CFG, seed=3)
     save_file({k: v.contiguous() for k, v in state.items()}, str(d / "dit.safetensors"))
     mod = lambda n: importlib.import_module(f"{pack.__name__}.{n}")
-    dit = mod("zimage_core.dit_loader").load_dit(d / "dit.safetensors")
-    patched = mod("zimage_core.patching").PatchedDiT(dit)
+    dit = mod("zimage_core.model.dit_loader").load_dit(d / "dit.safetensors")
+    patched = mod("zimage_core.adapters.patching").PatchedDiT(dit)
     return {"dir": d, "state": state, "patched": patched, "hm": mod("nodes.host_model"), "mod": mod}
 
 
@@ -168,8 +168,8 @@ def test_loraloadermodelonly_on_a_gguf_dit_model_patches_the_dequantized_weights
 
     mod = bridge["mod"]
     path = write_gguf_dit(tmp_path / "dit_q8.gguf", bridge["state"], "Q8_0")
-    dit = mod("zimage_core.dit_loader").load_dit(path)
-    patched = mod("zimage_core.patching").PatchedDiT(dit)
+    dit = mod("zimage_core.model.dit_loader").load_dit(path)
+    patched = mod("zimage_core.adapters.patching").PatchedDiT(dit)
     packed = dit.layers[0].feed_forward.w1.weight
     assert packed.dtype == torch.uint8
     before = packed.clone()
@@ -197,9 +197,9 @@ def test_with_block_streaming_comfyui_manages_only_the_resident_part_and_loras_r
     resident part, and LoraLoaderModelOnly's patches reach the streamed blocks on the fly (the streamer's host
     copies are never rewritten). Streamed here on the CPU (the copies are real, the device is the same)."""
     mod = bridge["mod"]
-    dit = mod("zimage_core.dit_loader").load_dit(bridge["dir"] / "dit.safetensors")
-    streamer = mod("zimage_core.offload").enable_block_offload(dit, 2, "cpu")
-    patched = mod("zimage_core.patching").PatchedDiT(dit)
+    dit = mod("zimage_core.model.dit_loader").load_dit(bridge["dir"] / "dit.safetensors")
+    streamer = mod("zimage_core.weights.offload").enable_block_offload(dit, 2, "cpu")
+    patched = mod("zimage_core.adapters.patching").PatchedDiT(dit)
     env = {**bridge, "patched": patched}
     f = lora_file(bridge, tmp_path)
     plain = comfy_lora(our_model(bridge), f)

@@ -9,17 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zimage_core.adaln import AdaLNScale
-from zimage_core.dit_loader import native_to_diffusers
+from zimage_core.adapters.adaln import AdaLNScale
+from zimage_core.model.dit_loader import native_to_diffusers
 from zimage_core.errors import InputError
-from zimage_core.lora import LoraPatch, parse_lora
-from zimage_core.nag import MAX_CAPTION_TOKENS, NAG, NAGGuidance, nag_combine
-from zimage_core.patching import PatchedDiT
-from zimage_core.rope import apply_rope
-from zimage_core.sampling import Guidance, sample_euler
-from zimage_core.schedules import flow_sigmas
+from zimage_core.adapters.lora import LoraPatch, parse_lora
+from zimage_core.adapters.nag import MAX_CAPTION_TOKENS, NAG, NAGGuidance, nag_combine
+from zimage_core.adapters.patching import PatchedDiT
+from zimage_core.model.rope import apply_rope
+from zimage_core.sampling.loop import Guidance, sample_euler
+from zimage_core.sampling.schedules import flow_sigmas
 from zimage_core.tiny.dit import TINY_DIT, random_dit_state
-from zimage_core.transformer import ZImageDiT, _round_up
+from zimage_core.model.transformer import ZImageDiT, _round_up
 
 CFG = TINY_DIT
 S, TAU, ALPHA = 5.0, 2.5, 0.25
@@ -233,7 +233,7 @@ def _cond(f):
 
 def test_node_returns_a_patched_copy_and_refuses_bad_input(pack, dit):
     mod = pack.nodes.nag
-    core_patching = importlib.import_module(pack.__name__ + ".zimage_core.patching")
+    core_patching = importlib.import_module(pack.__name__ + ".zimage_core.adapters.patching")
     errors = importlib.import_module(pack.__name__ + ".zimage_core.errors")
     node = pack.NODE_CLASS_MAPPINGS["ZImageNAG"]()
     assert pack.NODE_CLASS_MAPPINGS["ZImageNAG"] is mod.ZImageNAG

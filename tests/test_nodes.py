@@ -9,9 +9,9 @@ import shutil
 import pytest
 import torch
 
-from zimage_core.latent import to_model_space
+from zimage_core.model.latent import to_model_space
 from zimage_core.pipeline import ZImagePipeline
-from zimage_core.schedules import flow_sigmas
+from zimage_core.sampling.schedules import flow_sigmas
 
 NODE_IDS = {
     "ZImageDiTLoader": ("Z-Image/loaders", ("dit_name", "weight_dtype"), ("ZIMAGE_DIT",)),
@@ -116,7 +116,7 @@ def test_node_modules_do_not_import_comfyui(pack):
 # --------------------------------------------------------------------------------------------- loaders
 
 def test_dit_loader_formats(M, tiny, pack):
-    patching = importlib.import_module(pack.__name__ + ".zimage_core.patching")
+    patching = importlib.import_module(pack.__name__ + ".zimage_core.adapters.patching")
     (a,) = M["ZImageDiTLoader"]().load(str(tiny["dit"]), "auto")
     (b,) = M["ZImageDiTLoader"]().load(str(tiny["diffusers"]), "fp32")
     assert isinstance(a, patching.PatchedDiT) and a.patches == () and a.host is None
@@ -411,7 +411,7 @@ def _control_image(seed=0, h=48, w=64):
 
 
 def test_controlnet_nodes_give_the_pipeline_image_and_stack(M, models, cond, pipe, tiny):
-    from zimage_core.controlnet import ControlImage, load_controlnet
+    from zimage_core.adapters.controlnet import ControlImage, load_controlnet
 
     dit, _, vae = models
     files = tiny["controlnets"]
@@ -436,7 +436,7 @@ def test_controlnet_nodes_give_the_pipeline_image_and_stack(M, models, cond, pip
 def test_controlnet_apply_with_image_tokens_gives_the_pipeline_image_of_that_injection(M, models, cond, pipe, tiny):
     """tokens='image' (ComfyUI ZImageFunControlnet's injection; its equality with that node is tested in
     test_controlnet_comfy.py) reaches the core from the node, and differs from the reference's injection."""
-    from zimage_core.controlnet import ControlImage, load_controlnet
+    from zimage_core.adapters.controlnet import ControlImage, load_controlnet
 
     dit, _, vae = models
     f = tiny["controlnets"] / "controlnet_tiny_2.1.safetensors"

@@ -6,13 +6,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from zimage_core.dit_loader import load_dit
+from zimage_core.model.dit_loader import load_dit
 from zimage_core.errors import InputError
-from zimage_core.lora import load_lora
-from zimage_core.offload import GiB, blocks_by_priority, blocks_to_keep, enable_block_offload, module_bytes
-from zimage_core.patching import PatchedDiT
+from zimage_core.adapters.lora import load_lora
+from zimage_core.weights.offload import GiB, blocks_by_priority, blocks_to_keep, enable_block_offload, module_bytes
+from zimage_core.adapters.patching import PatchedDiT
 from zimage_core.tiny.dit import TINY_DIT, random_dit_state
-from zimage_core.transformer import DiTConfig, ZImageDiT
+from zimage_core.model.transformer import DiTConfig, ZImageDiT
 
 N_BLOCKS = 2 * TINY_DIT.n_refiner_layers + TINY_DIT.n_layers
 
@@ -169,7 +169,7 @@ def test_auto_preset_keeps_everything_when_it_fits_and_streams_when_not():
 @torch.no_grad()
 def test_vae_decode_tiles_automatically_only_when_memory_is_short(tiny, monkeypatch):
     from zimage_core.pipeline import decode
-    from zimage_core.vae import load_vae
+    from zimage_core.model.vae import load_vae
 
     vae = load_vae(tiny["vae"])
     z = torch.randn(1, 16, 8, 12, generator=torch.Generator().manual_seed(0))
@@ -190,7 +190,7 @@ def test_vae_decode_tiles_automatically_only_when_memory_is_short(tiny, monkeypa
 
 
 def test_free_memory_of_the_cpu_is_known():
-    from zimage_core.offload import free_memory
+    from zimage_core.weights.offload import free_memory
 
     free = free_memory("cpu")
     assert free is None or free > 0

@@ -13,7 +13,7 @@ import torch
 
 from zimage_core.errors import InputError
 from zimage_core.pipeline import ZImagePipeline, check_size
-from zimage_core.schedules import denoise_sigmas, flow_sigmas, parse_sigmas
+from zimage_core.sampling.schedules import denoise_sigmas, flow_sigmas, parse_sigmas
 from zimage_core.tiny import make_tiny
 
 diffusers = pytest.importorskip("diffusers")
@@ -101,8 +101,8 @@ def test_inpainting_keeps_the_unmasked_area_and_matches_diffusers(tiny, ours):
     got = ours.generate(PROMPT, width=W, height=H, steps=8, seed=5, image=image, mask=mask)
     assert_same_picture(got, expected)
     # the latent outside the mask is exactly the input image's latent at the end of sampling ...
-    from zimage_core.latent import to_model_space
-    from zimage_core.sampling import sample_euler
+    from zimage_core.model.latent import to_model_space
+    from zimage_core.sampling.loop import sample_euler
 
     latent = to_model_space(ours.vae.encode(image.permute(0, 3, 1, 2) * 2 - 1))
     lmask = torch.zeros(1, 1, H // 8, W // 8)
@@ -196,7 +196,7 @@ def test_cli_reports_bad_size_without_traceback(tmp_path):
 def test_cli_keeps_freed_memory_on_glibc_unless_turned_off():
     import platform
 
-    code = "from zimage_core.cli import keep_freed_memory; print(keep_freed_memory())"
+    code = "from zimage_core.tools.cli import keep_freed_memory; print(keep_freed_memory())"
     on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert on == str(platform.libc_ver()[0] == "glibc")
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -208,10 +208,10 @@ def test_cli_applies_two_loras_with_strengths_like_the_patched_pipeline(tmp_path
     from PIL import Image
     from safetensors.torch import save_file
 
-    from zimage_core.cli import parse_lora_arg
-    from zimage_core.lora import load_lora
-    from zimage_core.ops import Linear
-    from zimage_core.patching import PatchedDiT
+    from zimage_core.tools.cli import parse_lora_arg
+    from zimage_core.adapters.lora import load_lora
+    from zimage_core.weights.ops import Linear
+    from zimage_core.adapters.patching import PatchedDiT
 
     assert parse_lora_arg("C:\\loras\\a.safetensors:0.5") == ("C:\\loras\\a.safetensors", 0.5)
     assert parse_lora_arg("C:\\loras\\a.safetensors") == ("C:\\loras\\a.safetensors", 1.0)

@@ -12,7 +12,7 @@ import torch
 
 from zimage_core import prompt_enhancer as pe
 from zimage_core.errors import InputError, ZImageError
-from zimage_core.text_encoder import load_text_encoder
+from zimage_core.model.text_encoder import load_text_encoder
 from zimage_core.tiny.text_encoder import write_tiny_text_encoder
 
 # The tiny random model with tied embeddings mostly repeats its last token; a high temperature makes the

@@ -1,4 +1,4 @@
-"""Our Qwen3 (zimage_core/qwen3.py) against transformers' Qwen3, the test oracle: hidden states of every
+"""Our Qwen3 (zimage_core/model/qwen3.py) against transformers' Qwen3, the test oracle: hidden states of every
 layer with padding, cached next-token logits, grouped and ungrouped heads, a separate lm_head. (That the
 run-time path never imports transformers is tested in test_text_encoder.py.)"""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zimage_core.qwen3 import Qwen3Config, Qwen3LM
+from zimage_core.model.qwen3 import Qwen3Config, Qwen3LM
 
 transformers = pytest.importorskip("transformers")
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from zimage_core.errors import InputError
-from zimage_core.samplers import SAMPLERS, SHIFT_AWARE, Noise
-from zimage_core.sampling import Guidance, sample
-from zimage_core.schedules import SCHEDULERS, flow_sigmas, scheduler_sigmas
+from zimage_core.sampling.samplers import SAMPLERS, SHIFT_AWARE, Noise
+from zimage_core.sampling.loop import Guidance, sample
+from zimage_core.sampling.schedules import SCHEDULERS, flow_sigmas, scheduler_sigmas
 from zimage_core.tiny.dit import TINY_DIT, random_dit_state
-from zimage_core.transformer import ZImageDiT
+from zimage_core.model.transformer import ZImageDiT
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH not set (ComfyUI is the oracle)")]
@@ -84,7 +84,7 @@ def smooth_x0(x, sigma):
 
 def core_sample(name, x0_fn, noise, sigmas, seed, latent_image=None, mask=None):
     """Our sampler `name` on x0_fn, with the same mask rule and start as `sampling.sample`."""
-    from zimage_core.sampling import initial_latent
+    from zimage_core.sampling.loop import initial_latent
 
     def denoise(x, sigma, step):
         if mask is not None:

@@ -100,7 +100,7 @@ def plan(n):
 
 def reference(paths, cfg, lora_paths):
     """IMAGE of the core pipeline for a GOOD config, as SaveImage writes it (uint8 rounding)."""
-    from zimage_core.lora import load_lora, merged_copy
+    from zimage_core.adapters.lora import load_lora, merged_copy
     from zimage_core.pipeline import ZImagePipeline
 
     dit = paths["dit2"] if cfg.get("dit") == DIT2 else paths["dit"]

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from zimage_core.errors import CheckpointError, ZImageError
-from zimage_core.text_encoder import TextEncoder, load_text_encoder, resolve_tokenizer_dir
+from zimage_core.model.text_encoder import TextEncoder, load_text_encoder, resolve_tokenizer_dir
 from zimage_core.tiny.text_encoder import write_tiny_text_encoder
 
 SHORT = "A photograph of a small red fox sitting in the snow at sunrise, soft golden light."
@@ -142,7 +142,7 @@ def test_lm_head_shares_the_embedding(te):
 
 
 def test_loading_encoding_and_enhancing_do_not_import_transformers(tiny):
-    code = ("import sys; from zimage_core.text_encoder import load_text_encoder; "
+    code = ("import sys; from zimage_core.model.text_encoder import load_text_encoder; "
             "from zimage_core.prompt_enhancer import enhance; "
             f"te = load_text_encoder({str(tiny['single_file'])!r}, tokenizer_path={str(tiny['tokenizer'])!r}); "
             "te.encode(['a fox']); enhance(te, 'a fox', max_new_tokens=3); "

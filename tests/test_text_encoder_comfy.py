@@ -46,7 +46,7 @@ def test_comfyui_counts_the_stored_bytes_and_unloads_the_encoder_when_the_dit_ne
         pack, in_comfy, bf16_file, monkeypatch):
     f, tiny = bf16_file
     loaders = importlib.import_module(f"{pack.__name__}.nodes.loaders")
-    te_mod = importlib.import_module(f"{pack.__name__}.zimage_core.text_encoder")
+    te_mod = importlib.import_module(f"{pack.__name__}.zimage_core.model.text_encoder")
     cond = importlib.import_module(f"{pack.__name__}.nodes.conditioning")
     monkeypatch.setattr(in_comfy, "resolve", lambda kind, name: f)
     monkeypatch.setattr(in_comfy, "tokenizer_fallback_dirs", lambda path=None: [tiny["tokenizer"]])

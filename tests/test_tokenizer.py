@@ -1,4 +1,4 @@
-"""zimage_core.tokenizer (Qwen BPE on `tokenizers` alone) against transformers' AutoTokenizer as the oracle:
+"""zimage_core.model.tokenizer (Qwen BPE on `tokenizers` alone) against transformers' AutoTokenizer as the oracle:
 same ids, same decoded strings, same length and pad/eos ids, for both file layouts (tokenizer.json;
 vocab.json + merges.txt + tokenizer_config.json), on the tiny tokenizer and on ComfyUI's real 151k-token Qwen
 vocabulary; plus clear errors for broken folders and an import that does not pull in transformers."""
@@ -20,7 +20,7 @@ from zimage_core.tiny.text_encoder import (
     write_tiny_tokenizer,
     write_tiny_tokenizer_vocab_merges,
 )
-from zimage_core.tokenizer import TOKENIZER_HELP, QwenTokenizer, load_tokenizer
+from zimage_core.model.tokenizer import TOKENIZER_HELP, QwenTokenizer, load_tokenizer
 
 TEMPLATE = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"  # Z-Image's chat template
 PROMPT = "A photograph of a small red fox sitting in the snow at sunrise, soft golden light."
@@ -268,7 +268,7 @@ def test_added_token_ids_that_disagree_with_the_vocabulary_raise_zimage_error(la
 # ------------------------------------------------------------------------------------------- import cost
 
 def test_importing_the_tokenizer_does_not_import_transformers():
-    code = "import sys, zimage_core.tokenizer; print('transformers' in sys.modules)"
+    code = "import sys, zimage_core.model.tokenizer; print('transformers' in sys.modules)"
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     assert out.stdout.strip() == "False"

@@ -114,7 +114,7 @@ def test_a_lora_trained_on_our_model_gives_natives_pictures_through_loramodelloa
     assert close(got, want)
     assert close(got, picture(bridge, native_model(bridge), native[0]))
     # ... and through our LoRA loader on the DiT: every key used, the norms' `.diff` patches included
-    report = bridge["mod"]("zimage_core.lora").load_lora(f, bridge["patched"].dit).report
+    report = bridge["mod"]("zimage_core.adapters.lora").load_lora(f, bridge["patched"].dit).report
     assert not report.unused and {"norm diff", "bias diff"} <= report.styles
     (with_lora,) = bridge["mod"]("nodes.lora").ZImageLoraLoader().apply(bridge["patched"], str(f), 1.0)
     assert close(ksample(our_model(bridge, with_lora), cond(1), torch.zeros(1, 16, 6, 8)), want)
@@ -272,8 +272,8 @@ def quantized_env(bridge, tmp_path, kind):
         path = _scaled_fp8(state, tmp_path / "dit_fp8.safetensors")
     else:
         path = _comfy_quant(state, tmp_path / f"dit_{kind}.safetensors", kind)
-    dit = mod("zimage_core.dit_loader").load_dit(path)
-    linear = mod("zimage_core.ops").Linear
+    dit = mod("zimage_core.model.dit_loader").load_dit(path)
+    linear = mod("zimage_core.weights.ops").Linear
     dense = {}
     for n, m in dit.named_modules():
         for pn, p in m.named_parameters(recurse=False):
@@ -281,7 +281,7 @@ def quantized_env(bridge, tmp_path, kind):
                 continue
             stored = isinstance(m, linear) and pn == "weight" and (m.quant is not None or m.scale_weight is not None)
             dense[f"{n}.{pn}" if n else pn] = m.compute_weight(torch.float32) if stored else p.detach().float()
-    return {**bridge, "patched": mod("zimage_core.patching").PatchedDiT(dit), "state": dense}, dit
+    return {**bridge, "patched": mod("zimage_core.adapters.patching").PatchedDiT(dit), "state": dense}, dit
 
 
 @pytest.mark.parametrize("kind", ["Q8_0", "Q4_K", "scaled_fp8", "float8_e4m3fn"])  # nvfp4 needs 16 | 682

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from zimage_core.errors import CheckpointError, InputError
 from zimage_core.tiny.vae import random_vae, write_tiny_vae
-from zimage_core.vae import VAEConfig, bfl_to_diffusers, load_vae
+from zimage_core.model.vae import VAEConfig, bfl_to_diffusers, load_vae
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -60,7 +60,7 @@ def test_decode_and_encode_match_diffusers_from_every_format(tiny, ref, inputs, 
 @pytest.mark.parametrize("channels_last", [True, False])
 @torch.no_grad()
 def test_upsample_equals_conv_of_the_nearest_upsampled_input(dtype, tol, channels_last):
-    from zimage_core.vae import Upsample
+    from zimage_core.model.vae import Upsample
 
     g = torch.Generator().manual_seed(4)
     up = Upsample(24).to(dtype)

@@ -1,7 +1,7 @@
 """The example workflows in workflows/: files and template discovery, editor (UI) format validity against the
 nodes' current INPUT_TYPES, UI <-> API twins, every API workflow run on the tiny models through the node
 classes (core ComfyUI nodes replaced by stand-ins, see workflow_support.make_stand_ins), and, with
-COMFYUI_PATH set, every workflow run in a real ComfyUI server through zimage_core.api_client.
+COMFYUI_PATH set, every workflow run in a real ComfyUI server through zimage_core.client.
 
     python -m pytest -q tests/test_workflows.py
 """
@@ -503,7 +503,7 @@ def server(comfyui_host, tiny, tmp_path_factory):
     from safetensors.torch import save_file
 
     from zimage_core.tiny.vae import random_vae
-    from zimage_core.vae import VAEConfig
+    from zimage_core.model.vae import VAEConfig
 
     d, paths, host = tmp_path_factory.mktemp("server_models"), tiny, comfyui_host
     # ComfyUI builds the Flux VAE with a fixed config (ch 128, ch_mult 1,2,4,4, 2 res blocks; comfy/sd.py), so
@@ -563,7 +563,7 @@ def write_dataset(folder: Path) -> Path:
 
 
 def server_run(server, graph, out_dir):
-    from zimage_core.api_client import Client, apply_overrides
+    from zimage_core.client import Client, apply_overrides
 
     graph = apply_overrides(graph, ws.overrides_as_strings(ws.run_overrides(graph, None, SIZE, STEPS,
                                                                             train_steps=TRAIN_STEPS)))
@@ -655,7 +655,7 @@ def test_server_nag_scale_zero_equals_the_graph_without_nag_and_bad_input_is_ref
     """nag_turbo on the real ComfyUI: scale 0 gives the picture of the graph without the NAG node, NAG changes it;
     a MODEL (another family's type) on NAG's dit input and a negative longer than the DiT's context are clear
     errors, and the server keeps serving."""
-    from zimage_core.api_client import PromptExecutionError, PromptValidationError
+    from zimage_core.client import PromptExecutionError, PromptValidationError
 
     g = load_api("nag_turbo")
     sid, nid, lid = ws.find_node(g, "ZImageSampler"), ws.find_node(g, "ZImageNAG"), ws.find_node(g, "ZImageDiTLoader")

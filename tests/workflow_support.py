@@ -603,7 +603,7 @@ def run_overrides(graph: dict, models: TinyModels | None, size: int = 64, steps:
 
 
 def overrides_as_strings(changes: dict[str, dict]) -> list[str]:
-    """The same changes as "<node id>.<input>=<value>" strings (zimage_core.api_client.apply_overrides)."""
+    """The same changes as "<node id>.<input>=<value>" strings (zimage_core.client.apply_overrides)."""
     return [f"{nid}.{k}={json.dumps(v) if not isinstance(v, str) else v}"
             for nid, c in changes.items() for k, v in c.items()]
 
@@ -641,7 +641,7 @@ def write_tiny_lora(path, seed: int = 0, rank: int = 4, scale: float = 0.3) -> P
     import torch
     from safetensors.torch import save_file
 
-    from zimage_core.dit_loader import native_to_diffusers
+    from zimage_core.model.dit_loader import native_to_diffusers
     from zimage_core.tiny.dit import TINY_DIT, random_dit_state
 
     g = torch.Generator().manual_seed(seed)
@@ -689,7 +689,7 @@ def make_stand_ins(input_dir: Path, output_dir: Path) -> dict:
     import torch
     from PIL import Image, ImageOps
 
-    from zimage_core.vae import load_vae
+    from zimage_core.model.vae import load_vae
 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
 

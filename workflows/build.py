@@ -6,7 +6,7 @@
 
 For each workflow it writes `workflows/<name>.json` (ComfyUI editor format, version 0.4: what ComfyUI's
 template browser lists and the editor loads), `workflows/api/<name>.json` (API format: POST /prompt,
-`python -m zimage_core.api_client`) and one entry of `workflows/meta/index.json` (see README.md).
+`python -m zimage_core.client`) and one entry of `workflows/meta/index.json` (see README.md).
 
 A graph is defined once, with widget values by input name; the widget order of the editor format comes
 from the nodes' INPUT_TYPES (the pack is imported like ComfyUI imports it) and, for ComfyUI's core nodes,
@@ -855,7 +855,7 @@ files on every machine. Add the workers in the Distributed panel (or `gpu_config
 the master and each worker render one picture. **Distributed Seed** gives the master the seed *s* and
 worker *i* the seed *s + i*; **Distributed Collector** brings the workers' pictures to the master
 (master's first), and Save Image saves them all. Headless:
-`python -m zimage_core.api_client run workflows/api/distributed_turbo_t2i.json --server MASTER:8188 --workers all`
+`python -m zimage_core.client run workflows/api/distributed_turbo_t2i.json --server MASTER:8188 --workers all`
 {MODELS_MD.format(dit=TURBO)}""", size=(420, 520))
     dit, te = loaders(g)
     vae = vae_loader(g)

@@ -5,3 +5,7 @@ formats users have. Never imports ComfyUI.
 """
 
 __version__ = "0.1.0"
+
+from . import _moved
+
+_moved.install()  # the flat layout's module names, for one release (see _moved.py)

@@ -13,16 +13,34 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .controlnet import ControlImage, ControlPatch
-from .dit_loader import load_dit
-from .offload import blocks_to_keep, check_memory_preset, enable_block_offload, free_memory, module_bytes
+from .adapters.controlnet import ControlImage, ControlPatch
 from .errors import InputError
-from .latent import LATENT_CHANNELS, SPATIAL_MULTIPLE, VAE_SCALE_FACTOR, to_model_space, to_vae_space
-from .sampling import Guidance, StepCallback, sample
-from .schedules import DEFAULT_SCHEDULER, check_sigmas, denoise_sigmas, flow_sigmas, scheduler_sigmas
-from .text_encoder import TextEncoder, load_text_encoder
-from .transformer import ZImageDiT
-from .vae import FluxVAE, load_vae
+from .model.dit_loader import load_dit
+from .model.latent import (
+    LATENT_CHANNELS,
+    SPATIAL_MULTIPLE,
+    VAE_SCALE_FACTOR,
+    to_model_space,
+    to_vae_space,
+)
+from .model.text_encoder import TextEncoder, load_text_encoder
+from .model.transformer import ZImageDiT
+from .model.vae import FluxVAE, load_vae
+from .sampling.loop import Guidance, StepCallback, sample
+from .sampling.schedules import (
+    DEFAULT_SCHEDULER,
+    check_sigmas,
+    denoise_sigmas,
+    flow_sigmas,
+    scheduler_sigmas,
+)
+from .weights.offload import (
+    blocks_to_keep,
+    check_memory_preset,
+    enable_block_offload,
+    free_memory,
+    module_bytes,
+)
 
 
 def check_size(width: int, height: int) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..transformer import DiTConfig
+from ..model.transformer import DiTConfig
 from .dit import TINY_DIT, random_dit_state
 
 KINDS = ("lora", "dora", "loha", "lokr", "glora", "oft", "boft", "diff")

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..controlnet import ControlNetConfig, ZImageControlNet
-from ..transformer import DiTConfig
+from ..adapters.controlnet import ControlNetConfig, ZImageControlNet
+from ..model.transformer import DiTConfig
 from .dit import TINY_DIT
 
 # name -> (our variant, control_in_dim, control layers); the released files have 6 / 15 / 15 / 3 layers over 30.

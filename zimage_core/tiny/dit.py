@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..dit_loader import native_to_diffusers
-from ..transformer import DiTConfig, ZImageDiT
+from ..model.dit_loader import native_to_diffusers
+from ..model.transformer import DiTConfig, ZImageDiT
 
 TINY_DIT = DiTConfig(dim=64, n_layers=2, n_refiner_layers=2, n_heads=4, ffn_dim=170, cap_feat_dim=64)
 

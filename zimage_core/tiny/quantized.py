@@ -16,8 +16,8 @@ import gguf
 import numpy as np
 import torch
 
-from ..quant import BLOCK_SIZES, dequantize
-from ..transformer import DiTConfig
+from ..model.transformer import DiTConfig
+from ..weights.quant import BLOCK_SIZES, dequantize
 from .dit import random_dit_state
 
 # a DiT (ffn = int(dim / 3 * 8) as diffusers derives it) whose main Linear rows are whole 256-element
@@ -99,7 +99,7 @@ def write_random_gguf_dit(path: Path, cfg: DiTConfig, qtype: str, seed: int = 0)
     """A random DiT of any size straight in `qtype` (random blocks for the big matrices, never a float copy of
     the whole model): for full-width (3840) test and benchmark files."""
     _check_type(qtype)
-    from ..transformer import ZImageDiT
+    from ..model.transformer import ZImageDiT
 
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in ZImageDiT(cfg).state_dict().items()}

@@ -66,7 +66,15 @@ A medieval castle on a hill surrounded by a forest, dramatic clouds, the last li
 
 def write_tiny_tokenizer(out_dir: Path, vocab_size: int = 700) -> Path:
     """Train and save a tiny Qwen2-style byte-level BPE tokenizer; returns the folder."""
-    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from tokenizers.models import BPE
 
     out_dir = Path(out_dir)

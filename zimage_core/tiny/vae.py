@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..latent import LATENT_CHANNELS, SCALING_FACTOR, SHIFT_FACTOR
-from ..vae import FluxVAE, VAEConfig, bfl_to_diffusers
+from ..model.latent import LATENT_CHANNELS, SCALING_FACTOR, SHIFT_FACTOR
+from ..model.vae import FluxVAE, VAEConfig, bfl_to_diffusers
 
 TINY_VAE = VAEConfig(channels=(32, 32, 64, 64), num_res_blocks=1, z_channels=LATENT_CHANNELS)
 
