@@ -1,6 +1,6 @@
 """The example workflows in workflows/: files and template discovery, editor (UI) format validity against the
 nodes' current INPUT_TYPES, UI <-> API twins, every API workflow run on the tiny models through the node
-classes (core ComfyUI nodes replaced by stand-ins, see workflow_support.make_stand_ins), and, with
+classes (core ComfyUI nodes replaced by stand-ins, see workflow_executor.make_stand_ins), and, with
 COMFYUI_PATH set, every workflow run in a real ComfyUI server through zimage_core.client.
 
     python -m pytest -q tests/test_workflows.py
@@ -20,6 +20,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workflow_executor
 import workflow_support as ws
 
 EXPECTED = ("turbo_t2i", "base_cfg", "prompt_enhancer_turbo", "lora_stack", "img2img", "inpaint", "adaln_variety",
@@ -281,7 +282,7 @@ def tiny_env(pack, tiny, tmp_path_factory):
     ws.write_example_image(d / "input" / "example.png", SIZE)
     models = ws.TinyModels(dit=str(tiny["dit"]), text_encoder=str(tiny["diffusers"]), vae=str(tiny["vae"]),
                            loras=loras, controlnet=str(tiny["controlnets"] / "controlnet_tiny_2.0.safetensors"))
-    ex = ws.Executor({**pack.NODE_CLASS_MAPPINGS, **ws.make_stand_ins(d / "input", d / "output")},
+    ex = workflow_executor.Executor({**pack.NODE_CLASS_MAPPINGS, **workflow_executor.make_stand_ins(d / "input", d / "output")},
                      cache_types=("ZImageDiTLoader", "ZImageTextEncoderLoader", "ZImageVAELoader", "VAELoader"))
     return models, ex, d / "output"
 
