@@ -1,6 +1,6 @@
 """The ComfyUI core nodes the example workflows use, with their inputs, types and outputs as ComfyUI v0.18.1
 defines them (nodes.py, comfy_extras/...), plus the frontend-only note nodes: written out so that nothing
-imports ComfyUI (tests/test_workflows.py checks the table against the real server's /object_info)."""
+imports ComfyUI (tests/test_workflows_server.py checks the table against the real server's /object_info)."""
 from __future__ import annotations
 
 MAX_RESOLUTION = 16384  # nodes.MAX_RESOLUTION

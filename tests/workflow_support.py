@@ -32,6 +32,21 @@ PACK_NAME = "zimage_nodes_pack"
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 VIRTUAL_NODES = ("Note", "MarkdownNote")  # frontend-only: never sent to the server
+SIZE, STEPS, TRAIN_STEPS = 64, 3, 2  # the tiny runs of the workflows: pixels, sampling steps, training steps
+LORA_NAMES = ("my_style_lora.safetensors", "my_detail_lora.safetensors", "my_character_lora.safetensors")
+
+
+def load_ui(name: str) -> dict:
+    return json.loads((WORKFLOWS_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def load_api(name: str) -> dict:
+    return json.loads((API_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def workflow_names() -> list[str]:
+    """The workflows of workflows/meta/index.json, in its order."""
+    return [w["name"] for w in json.loads(INDEX_PATH.read_text(encoding="utf-8"))["workflows"]]
 
 
 from comfy_core_nodes import CORE_NODES
