@@ -2,6 +2,7 @@
 MODEL from the bf16 file, one run.
 
     python tests/bench_train.py [--layers 1] [--size 256] [--steps 3] [--rank 8] [--out bench_train.json]
+                                [--contenders native_bf16,ours_bf16,ours_Q8_0,ours_Q4_K]
 
 ComfyUI builds a Z-Image model only from a 3840-wide DiT, so the files are a full-width random DiT with fewer
 main layers (plus the 2 + 2 refiner blocks), written by zimage_core.tools.bench_quant.write_files. Each contender
@@ -9,6 +10,7 @@ trains in a fresh process, with the node's defaults (bf16 autocast, bf16 LoRA, g
 1, AdamW) on one latent of `--size` pixels:
   native_bf16  comfy.sd.load_diffusion_model (UNETLoader) -> TrainLoraNode
   ours_<fmt>   zimage_core.load_dit -> ZImageDiTToModel's MODEL -> TrainLoraNode (the base stays as stored)
+(`--contenders` picks some of them; native_bf16, the reference of the ratios, always runs.)
 Reported: seconds per training step (wall; the whole node call divided by its steps, so the model load onto
 the device and the adapters' setup are included), the CPU seconds of the call, peak RSS (VmHWM, reset after
 the imports and the file load) above the RSS after the load, i.e. what training adds to a loaded model, and the
@@ -71,6 +73,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--out", default="bench_train.json")
+    p.add_argument("--contenders", default=",".join(CONTENDERS),
+                   help="comma-separated, from " + ", ".join(CONTENDERS) + " (native_bf16 always runs: the reference)")
     p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
@@ -78,6 +82,10 @@ def main(argv=None) -> int:
         child(kind, path, int(size), int(steps), int(rank))
         return 0
 
+    chosen = [k.strip() for k in a.contenders.split(",") if k.strip()]
+    unknown = sorted(set(chosen) - set(CONTENDERS))
+    if unknown:
+        p.error(f"--contenders: unknown {', '.join(unknown)}; expected some of {', '.join(CONTENDERS)}")
     sys.path.insert(0, str(HERE.parent))
     from zimage_core.tools.bench_quant import write_files
     from zimage_core.model.transformer import DiTConfig
@@ -86,7 +94,7 @@ def main(argv=None) -> int:
     cfg = DiTConfig(n_layers=a.layers, n_refiner_layers=2, cap_feat_dim=CAP_DIM)
     files = write_files(cfg, tmp)
     runs = {}
-    for kind in CONTENDERS:
+    for kind in [k for k in CONTENDERS if k == "native_bf16" or k in chosen]:
         path = files[kind.split("_", 1)[1]]
         res = subprocess.run([sys.executable, __file__, "--child", kind, str(path), str(a.size), str(a.steps),
                               str(a.rank)], capture_output=True, text=True, timeout=3600)

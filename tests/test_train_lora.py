@@ -96,6 +96,40 @@ def test_trainloranode_on_our_model_trains_natives_lora_tensors(bridge):
     assert ours[1] == pytest.approx(native[1], rel=1e-5)
 
 
+def test_trainloranode_adapters_get_our_stored_weight_itself_and_leave_it_as_loaded(bridge, monkeypatch):
+    """A weight already in the compute dtype goes to the training adapters (which compute a new tensor) as it is
+    stored, without a full-size copy per call; the stored weights are the same after training."""
+    dit = bridge["patched"].dit
+    stored = {n: p.detach().clone() for n, p in dit.named_parameters()}
+    ptrs = {m.weight.untyped_storage().data_ptr() for m in dit.modules() if hasattr(m, "compute_weight")}
+    got = []
+    lora_diff = importlib.import_module("comfy.weight_adapter.lora").LoraDiff
+    call = lora_diff.__call__
+
+    def recording(self, w):
+        got.append(w.untyped_storage().data_ptr())
+        return call(self, w)
+
+    monkeypatch.setattr(lora_diff, "__call__", recording)
+    train(our_model(bridge), steps=1, gradient_checkpointing=True)
+    assert got and set(got) <= ptrs  # every call got a stored weight, not a copy
+    assert all(torch.equal(p.detach(), stored[n]) for n, p in dit.named_parameters())
+
+
+def test_a_weight_function_module_that_changes_the_stored_weight_in_place_is_named(bridge):
+    ops = bridge["mod"]("zimage_core.ops")
+
+    class InPlaceShift(torch.nn.Module):
+        def forward(self, w):
+            return w.add_(1.0)
+
+    layer = ops.Linear(8, 4, bias=False)
+    layer.weight.requires_grad_(False)
+    layer.weight_function = [InPlaceShift()]
+    with pytest.raises(RuntimeError, match="InPlaceShift changed the stored weight in place"):
+        layer(torch.randn(2, 8))
+
+
 def test_a_lora_trained_on_our_model_gives_natives_pictures_through_loramodelloader_and_the_saved_file(
         bridge, tmp_path, caplog):
     native, ours = assert_same_training(bridge)

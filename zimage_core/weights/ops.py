@@ -298,13 +298,22 @@ class Linear(HostCast, nn.Linear):
 
     def _call_weight(self, x: torch.Tensor) -> torch.Tensor:
         """The weight as this call uses it: computed on x's device in x's dtype, ComfyUI's patch functions
-        applied (see HostCast)."""
+        applied (see HostCast). Functions that are modules (TrainLoraNode's adapters, which compute a new
+        tensor) get the stored weight itself when it already is in x's dtype, not a copy (a full-size copy per
+        call, three calls per layer per training step); others (LowVramPatch, which patches in place) a copy."""
         w = self.compute_weight(x.dtype, x.device)
         if self.weight_function:
-            if w.untyped_storage().data_ptr() == self.weight.untyped_storage().data_ptr():
+            stored = w.untyped_storage().data_ptr() == self.weight.untyped_storage().data_ptr()
+            if stored and not all(isinstance(f, nn.Module) for f in self.weight_function):
                 w = w.clone()  # the functions may update it in place; the stored weight must stay as loaded
+            version = self.weight._version
             for f in self.weight_function:
                 w = f(w)
+                if self.weight._version != version:
+                    raise RuntimeError(
+                        f"Linear weight function {type(f).__name__} changed the stored weight in place; weight "
+                        f"functions that are modules (the training adapters of ComfyUI's TrainLoraNode) get the "
+                        f"stored weight itself and must return a new tensor.")
         return w
 
     def _host_product(self, x: torch.Tensor) -> torch.Tensor:

@@ -82,7 +82,9 @@ def _q5_1(b):
 
 
 def _q8_0(b):
-    return b[:, 2:].view(torch.int8) * _f16(b[:, :2])  # int8 * fp32 promotes per element: one fp32 result
+    # int8 -> fp32 (exact), then the scale in place: the values of int8 * fp32, ~1.5x faster on the CPU than
+    # the mixed-dtype product
+    return b[:, 2:].view(torch.int8).float().mul_(_f16(b[:, :2]))
 
 
 def _q2_k(b):
@@ -124,7 +126,7 @@ def _q4_k(b):
     dl = (d * sc.float()).reshape(n, 8, 1)
     ml = (dmin * mn.float()).reshape(n, 8, 1)
     q = _nibbles(b[:, 16:], 32).reshape(n, 8, 32).float()
-    return (dl * q - ml).reshape(n, QK_K)
+    return q.mul_(dl).sub_(ml).reshape(n, QK_K)  # dl * q - ml, in place: one full-size fp32 tensor
 
 
 def _q5_k(b):
@@ -136,7 +138,7 @@ def _q5_k(b):
     ql = _nibbles(b[:, 48:], 32).reshape(n, 8, 32)
     qh = _bits(b[:, 16:48], 32)
     q = (ql | (qh << 4)).float()
-    return (dl * q - ml).reshape(n, QK_K)
+    return q.mul_(dl).sub_(ml).reshape(n, QK_K)
 
 
 def _q6_k(b):
@@ -147,7 +149,7 @@ def _q6_k(b):
     lo = _nibbles(ql, 64).reshape(n, 8, 32)
     hi = _crumbs(qh).reshape(n, 8, 32)
     q = (lo | (hi << 4)).to(torch.int8) - 32
-    return (dl * q.reshape(n, 16, 16).float()).reshape(n, QK_K)
+    return q.reshape(n, 16, 16).float().mul_(dl).reshape(n, QK_K)
 
 
 def _iq4_table(device) -> torch.Tensor:
