@@ -117,7 +117,7 @@ def test_trainloranode_adapters_get_our_stored_weight_itself_and_leave_it_as_loa
 
 
 def test_a_weight_function_module_that_changes_the_stored_weight_in_place_is_named(bridge):
-    ops = bridge["mod"]("zimage_core.ops")
+    ops = bridge["mod"]("zimage_core.weights.ops")
 
     class InPlaceShift(torch.nn.Module):
         def forward(self, w):
