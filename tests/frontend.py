@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "frontend", "driver.mjs")
@@ -250,3 +252,13 @@ class ComfyUIPage(Browser):
                 continue
             out.append(m)
         return out
+
+
+def pack_categories(repo_root: Path = Path(__file__).resolve().parents[1]) -> dict[str, str]:
+    """{node id: category} of the pack, read from nodes/*.py without importing them."""
+    out = {}
+    for py in sorted((repo_root / "nodes").glob("*.py")):
+        src = py.read_text(encoding="utf-8")
+        for m in re.finditer(r"^class (ZImage\w+):.*?^    CATEGORY = \"([^\"]+)\"", src, re.S | re.M):
+            out[m.group(1)] = m.group(2)
+    return out
