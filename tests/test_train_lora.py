@@ -130,6 +130,30 @@ def test_a_weight_function_module_that_changes_the_stored_weight_in_place_is_nam
         layer(torch.randn(2, 8))
 
 
+def test_a_weight_loaded_under_inference_mode_trains_and_torch_refuses_changing_it_in_place(bridge):
+    """A ComfyUI server loads models under torch.inference_mode (no version counter); training (outside it) still
+    passes the adapters the stored weight, and an in-place change to it is refused by torch itself."""
+    ops = bridge["mod"]("zimage_core.weights.ops")
+
+    class Shift(torch.nn.Module):
+        def forward(self, w):
+            return w + 1.0
+
+    class InPlaceShift(torch.nn.Module):
+        def forward(self, w):
+            return w.add_(1.0)
+
+    with torch.inference_mode():
+        layer = ops.Linear(8, 4, bias=False)
+        layer.weight.requires_grad_(False)  # as a loaded model's weights are
+    x = torch.randn(2, 8)
+    layer.weight_function = [Shift()]
+    assert torch.allclose(layer(x), x @ (layer.weight + 1.0).T)
+    layer.weight_function = [InPlaceShift()]
+    with pytest.raises(RuntimeError, match="[Ii]nference tensor"):
+        layer(x)
+
+
 def test_a_lora_trained_on_our_model_gives_natives_pictures_through_loramodelloader_and_the_saved_file(
         bridge, tmp_path, caplog):
     native, ours = assert_same_training(bridge)

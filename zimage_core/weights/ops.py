@@ -306,10 +306,12 @@ class Linear(HostCast, nn.Linear):
             stored = w.untyped_storage().data_ptr() == self.weight.untyped_storage().data_ptr()
             if stored and not all(isinstance(f, nn.Module) for f in self.weight_function):
                 w = w.clone()  # the functions may update it in place; the stored weight must stay as loaded
-            version = self.weight._version
+            # A weight loaded under inference mode (a ComfyUI server loads in it) has no version counter, and
+            # torch itself refuses an in-place change to it outside inference mode.
+            version = None if self.weight.is_inference() else self.weight._version
             for f in self.weight_function:
                 w = f(w)
-                if self.weight._version != version:
+                if version is not None and self.weight._version != version:
                     raise RuntimeError(
                         f"Linear weight function {type(f).__name__} changed the stored weight in place; weight "
                         f"functions that are modules (the training adapters of ComfyUI's TrainLoraNode) get the "
