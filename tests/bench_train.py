@@ -2,6 +2,7 @@
 MODEL from the bf16 file, one run.
 
     python tests/bench_train.py [--layers 1] [--size 256] [--steps 3] [--rank 8] [--out bench_train.json]
+    python tests/bench_train.py --full-size [--size 256] [--steps 2]   # ours_Q8_0 alone on the released DiT
                                 [--contenders native_bf16,ours_bf16,ours_Q8_0,ours_Q4_K]
 
 ComfyUI builds a Z-Image model only from a 3840-wide DiT, so the files are a full-width random DiT with fewer
@@ -34,7 +35,7 @@ CAP_DIM = 64
 CONTENDERS = ("native_bf16", "ours_bf16", "ours_Q8_0", "ours_Q4_K")
 
 
-def child(kind: str, path: str, size: int, steps: int, rank: int) -> None:
+def child(kind: str, path: str, size: int, steps: int, rank: int, cap_dim: int = CAP_DIM) -> None:
     from bench_bridge import comfy_in_process, load_model
 
     pack = comfy_in_process()
@@ -46,7 +47,7 @@ def child(kind: str, path: str, size: int, steps: int, rank: int) -> None:
     before_load = status("VmRSS")
     model = load_model(pack, kind == "native_bf16", path)
     g = torch.Generator().manual_seed(0)
-    positive = [[torch.randn(1, 32, CAP_DIM, generator=g), {}]]
+    positive = [[torch.randn(1, 32, cap_dim, generator=g), {}]]
     latent = {"samples": torch.randn(1, 16, size // 8, size // 8, generator=g)}
     reset_peak()
     after_load = status("VmRSS")
@@ -66,6 +67,33 @@ def child(kind: str, path: str, size: int, steps: int, rank: int) -> None:
                       "loss": loss["loss"], "lora_tensors": len(lora)}))
 
 
+def run_child(kind: str, path: Path, a, cap_dim: int) -> dict | None:
+    res = subprocess.run([sys.executable, __file__, "--child", kind, str(path), str(a.size), str(a.steps), str(a.rank),
+                          str(cap_dim)], capture_output=True, text=True, timeout=3 * 3600)
+    if res.returncode:
+        print(res.stderr[-3000:], file=sys.stderr)
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def full_size(a) -> int:
+    sys.path.insert(0, str(HERE.parent))
+    from zimage_core.tools.fullsize_files import SIZES, default_cache, ensure_files
+
+    sizes = SIZES["full"]
+    path = ensure_files(["dit_q8_0"], Path(a.cache or default_cache()) / "full", sizes)["dit_q8_0"]
+    r = run_child("ours_Q8_0", path, a, sizes.dit.cap_feat_dim)
+    if r is None:
+        return 1
+    r["file_bytes"] = path.stat().st_size
+    result = {"full_size": True, "size": a.size, "steps": a.steps, "rank": a.rank, "runs": {"ours_Q8_0": r}}
+    print(f"ours_Q8_0 at full size: file {r['file_bytes'] / 2**30:.2f} GiB, {r['s_per_step']:.1f} s/step (wall), "
+          f"{r['cpu_s']:.1f} CPU s, peak RSS {r['peak_above_start'] / 2**30:.2f} GiB above the start "
+          f"({r['peak_above_loaded'] / 2**30:.2f} GiB above the loaded model), loss {r['loss']}")
+    Path(a.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", type=int, default=1)
@@ -75,12 +103,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="bench_train.json")
     p.add_argument("--contenders", default=",".join(CONTENDERS),
                    help="comma-separated, from " + ", ".join(CONTENDERS) + " (native_bf16 always runs: the reference)")
-    p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--full-size", action="store_true",
+                   help="ours_Q8_0 alone on the released DiT (30 + 2 + 2 blocks, 3840 wide, 2560-wide captions) as a "
+                        "GGUF Q8_0 file written by zimage_core.tools.fullsize_files (~6.5 GB, cached in --cache); "
+                        "native's training is not run: ComfyUI trains the DiT in fp32 on the CPU (6.15B x 4 bytes)")
+    p.add_argument("--cache", default=None, help="--full-size: where the file is kept (default ~/.cache/zimage-fullsize)")
+    p.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
-        kind, path, size, steps, rank = a.child
-        child(kind, path, int(size), int(steps), int(rank))
+        kind, path, size, steps, rank, cap_dim = a.child
+        child(kind, path, int(size), int(steps), int(rank), int(cap_dim))
         return 0
+    if a.full_size:
+        return full_size(a)
 
     chosen = [k.strip() for k in a.contenders.split(",") if k.strip()]
     unknown = sorted(set(chosen) - set(CONTENDERS))
@@ -96,12 +131,9 @@ def main(argv=None) -> int:
     runs = {}
     for kind in [k for k in CONTENDERS if k == "native_bf16" or k in chosen]:
         path = files[kind.split("_", 1)[1]]
-        res = subprocess.run([sys.executable, __file__, "--child", kind, str(path), str(a.size), str(a.steps),
-                              str(a.rank)], capture_output=True, text=True, timeout=3600)
-        if res.returncode:
-            print(res.stderr[-3000:], file=sys.stderr)
+        runs[kind] = run_child(kind, path, a, CAP_DIM)
+        if runs[kind] is None:
             return 1
-        runs[kind] = json.loads(res.stdout.strip().splitlines()[-1])
         runs[kind]["file_bytes"] = path.stat().st_size
     metrics = ("s_per_step", "cpu_s", "peak_above_loaded", "peak_above_start")
     native = runs["native_bf16"]
