@@ -2,8 +2,8 @@
 MODEL from the bf16 file, one run.
 
     python tests/bench_train.py [--layers 1] [--size 256] [--steps 3] [--rank 8] [--out bench_train.json]
-    python tests/bench_train.py --full-size [--size 256] [--steps 2]   # ours_Q8_0 alone on the released DiT
                                 [--contenders native_bf16,ours_bf16,ours_Q8_0,ours_Q4_K]
+    python tests/bench_train.py --full-size [--size 256] [--steps 2]   # ours_Q8_0 alone on the released DiT
 
 ComfyUI builds a Z-Image model only from a 3840-wide DiT, so the files are a full-width random DiT with fewer
 main layers (plus the 2 + 2 refiner blocks), written by zimage_core.tools.bench_quant.write_files. Each contender
