@@ -3,7 +3,7 @@ KSampler), several GPUs with ComfyUI-Distributed, and LoRA training on a GGUF ba
 from __future__ import annotations
 
 from graphs_basic import (BASE, BASE_GGUF, CONTROLNET, CONTROLNET_TILE, DATASET_FOLDER, FOX, MODELS_MD, TE, TURBO, VAE,
-                          decode_save, loaders, prompt, sampler, vae_loader)
+                          decode_save, ksampler_turbo, loaders, prompt, sampler, vae_loader)
 from workflow_format import Graph
 
 
@@ -229,16 +229,7 @@ sampler node that takes a MODEL then uses it.
     shift = g.add("ModelSamplingAuraFlow", 2, "ModelSamplingAuraFlow", {"shift": 3.0}, {"model": nag[0]},
                   size=(340, 60))
     pos = prompt(g, te, FOX, col=3)
-    zero = g.add("ConditioningZeroOut", 3, "Negative (zeroed prompt)", inputs={"conditioning": pos[0]},
-                 size=(440, 30))
-    lat = g.add("EmptySD3LatentImage", 3, "EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1},
-                size=(440, 110))
-    samp = g.add("KSampler", 4, "KSampler",
-                 {"seed": 42, "steps": 8, "cfg": 1.0, "sampler_name": "res_multistep", "scheduler": "simple",
-                  "denoise": 1.0},
-                 {"model": shift[0], "positive": pos[0], "negative": zero[0], "latent_image": lat[0]},
-                 size=(360, 260), control="randomize")
-    decode_save(g, vae, samp, 4, "z-image-nag-ksampler")
+    ksampler_turbo(g, shift, pos, vae, 42, "z-image-nag-ksampler")
     return g
 
 

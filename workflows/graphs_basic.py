@@ -56,6 +56,20 @@ def decode_save(g: Graph, vae, samp, col, prefix):
     s = g.add("SaveImage", col + 1, "Save Image", {"filename_prefix": prefix}, {"images": d[0]}, size=(520, 560))
     return d, s
 
+def ksampler_turbo(g: Graph, model, pos, vae, seed: int, prefix: str):
+    """KSampler at Turbo's settings (8 steps, cfg 1, res_multistep / simple) on `model` with a zeroed negative,
+    1024x1024, decoded and saved: the sampling half of the graphs that use ComfyUI's KSampler on our MODEL."""
+    zero = g.add("ConditioningZeroOut", 3, "Negative (zeroed prompt)", inputs={"conditioning": pos[0]},
+                 size=(440, 30))
+    lat = g.add("EmptySD3LatentImage", 3, "EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1},
+                size=(440, 110))
+    samp = g.add("KSampler", 4, "KSampler",
+                 {"seed": seed, "steps": 8, "cfg": 1.0, "sampler_name": "res_multistep", "scheduler": "simple",
+                  "denoise": 1.0},
+                 {"model": model[0], "positive": pos[0], "negative": zero[0], "latent_image": lat[0]},
+                 size=(360, 260), control="randomize")
+    decode_save(g, vae, samp, 4, prefix)
+
 
 def turbo_t2i() -> Graph:
     g = Graph("turbo_t2i", "Z-Image-Turbo: text to image",
@@ -348,16 +362,7 @@ packs' nodes take it. The LoRA name is a placeholder: put a Z-Image LoRA in `Com
                   size=(360, 60))
     pos = prompt(g, te, "A lighthouse on a rocky cliff under a starry sky, long exposure photograph, the beam "
                         "sweeping over a calm sea, faint aurora on the horizon.", col=3)
-    zero = g.add("ConditioningZeroOut", 3, "Negative (zeroed prompt)", inputs={"conditioning": pos[0]},
-                 size=(440, 30))
-    lat = g.add("EmptySD3LatentImage", 3, "EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1},
-                size=(440, 110))
-    samp = g.add("KSampler", 4, "KSampler",
-                 {"seed": 7, "steps": 8, "cfg": 1.0, "sampler_name": "res_multistep", "scheduler": "simple",
-                  "denoise": 1.0},
-                 {"model": shift[0], "positive": pos[0], "negative": zero[0], "latent_image": lat[0]},
-                 size=(360, 260), control="randomize")
-    decode_save(g, vae, samp, 4, "z-image-ksampler")
+    ksampler_turbo(g, shift, pos, vae, 7, "z-image-ksampler")
     return g
 
 
