@@ -124,3 +124,13 @@ def setup(tmp_path_factory):
     lora = random_lora(state, seed=10)
     save_file(peft_file(lora), str(d / "peft.safetensors"))
     return d, state, lora, make_dit(state)
+
+
+def merged_with(state: dict, deltas) -> dict:
+    """`state` with each (layer name, rows, delta) of `deltas` added to that layer's weight rows (a new dict)."""
+    merged = dict(state)
+    for name, rows, delta in deltas:
+        w = merged[name + ".weight"].clone()
+        w[rows] += delta
+        merged[name + ".weight"] = w
+    return merged

@@ -15,7 +15,8 @@ from zimage_core.errors import CheckpointError, InputError
 from zimage_core.tiny.dit import random_dit_state, write_diffusers_folder
 from zimage_core.weights.ops import Linear
 from lora_support import setup  # noqa: F401  (the module fixture)
-from lora_support import CFG, RANK, STYLES, inputs, make_dit, peft_file, random_lora, rel_err, run, style_file
+from lora_support import (CFG, RANK, STYLES, inputs, make_dit, merged_with, peft_file, random_lora, rel_err, run,
+                          style_file)
 
 # ----------------------------------------------------------------------------------------- parity
 
@@ -80,12 +81,7 @@ def test_lokr_plain_factorised_and_tucker_match_the_kronecker_delta(setup, tmp_p
     save_file(sd, str(tmp_path / "lokr.safetensors"))
     patch = load_lora(tmp_path / "lokr.safetensors", dit)
     assert patch.report.modules_patched == 3 and patch.report.unused == []
-    merged_state = dict(state)
-    for name, rows, delta in deltas:
-        w = merged_state[name + ".weight"].clone()
-        w[rows] += delta
-        merged_state[name + ".weight"] = w
-    assert rel_err(run(dit, patch), run(make_dit(merged_state))) <= 1e-5
+    assert rel_err(run(dit, patch), run(make_dit(merged_with(state, deltas)))) <= 1e-5
 
 
 # ------------------------------------------------------------------------------- application

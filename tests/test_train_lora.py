@@ -116,13 +116,15 @@ def test_trainloranode_adapters_get_our_stored_weight_itself_and_leave_it_as_loa
     assert all(torch.equal(p.detach(), stored[n]) for n, p in dit.named_parameters())
 
 
+class InPlaceShift(torch.nn.Module):
+    """A weight function that breaks the rule: it changes the weight it is given."""
+
+    def forward(self, w):
+        return w.add_(1.0)
+
+
 def test_a_weight_function_module_that_changes_the_stored_weight_in_place_is_named(bridge):
     ops = bridge["mod"]("zimage_core.weights.ops")
-
-    class InPlaceShift(torch.nn.Module):
-        def forward(self, w):
-            return w.add_(1.0)
-
     layer = ops.Linear(8, 4, bias=False)
     layer.weight.requires_grad_(False)
     layer.weight_function = [InPlaceShift()]
@@ -138,10 +140,6 @@ def test_a_weight_loaded_under_inference_mode_trains_and_torch_refuses_changing_
     class Shift(torch.nn.Module):
         def forward(self, w):
             return w + 1.0
-
-    class InPlaceShift(torch.nn.Module):
-        def forward(self, w):
-            return w.add_(1.0)
 
     with torch.inference_mode():
         layer = ops.Linear(8, 4, bias=False)
