@@ -51,6 +51,33 @@ def test_real_size_weights_dequantize_bit_for_bit_like_gguf():
             assert np.array_equal(got.view(np.uint32), reference(packed, qtype).view(np.uint32)), (qtype, shape)
 
 
+@pytest.mark.parametrize("qtype", list(BLOCK_SIZES))
+def test_a_weight_computed_into_a_training_buffer_equals_the_computed_weight(qtype, monkeypatch):
+    """Under training our Linear computes its weight into a buffer reused by the layers (ops._step_buffer), a few
+    rows at a time: the same values as the whole-weight dequantization (and over a larger buffer, its head)."""
+    from zimage_core.weights import ops
+    from zimage_core.weights.quant import GGMLWeight, PackedParameter
+
+    monkeypatch.setattr(ops, "CPU_CHUNK_ELEMENTS", 5000)  # 1024 columns -> chunks of 4 rows
+    packed = torch.from_numpy(random_blocks(qtype, (48, 1024), np.random.default_rng(9), std=3.0))
+    layer = Linear(1024, 48, bias=False)
+    layer.weight, layer.quant = PackedParameter(packed, shape=(48, 1024)), GGMLWeight(qtype, (48, 1024))
+    buffer = torch.full((48 * 1024 + 100,), float("nan"))
+    got = layer.compute_weight(torch.float32, None, buffer)
+    assert got.data_ptr() == buffer.data_ptr() and got.shape == (48, 1024)
+    assert torch.equal(got, layer.compute_weight(torch.float32))
+
+
+def test_a_bf16_and_a_scaled_fp8_weight_computed_into_a_training_buffer_equal_their_cast():
+    layer = Linear(64, 32, bias=False).requires_grad_(False)
+    layer.weight.data = torch.randn(32, 64).to(torch.bfloat16)
+    buffer = torch.empty(32 * 64)
+    assert torch.equal(layer.compute_weight(torch.float32, None, buffer), layer.compute_weight(torch.float32))
+    layer.weight.data = torch.randn(32, 64).to(torch.float8_e4m3fn)
+    layer.scale_weight = torch.tensor([0.01])
+    assert torch.equal(layer.compute_weight(torch.float32, None, buffer), layer.compute_weight(torch.float32))
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("gguf")

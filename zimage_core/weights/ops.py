@@ -12,6 +12,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -140,6 +141,39 @@ def _cast_into_workspace(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | 
     return buf[: w.numel()].view(w.shape).copy_(w)
 
 
+class _StepBuffers(threading.local):
+    refs: dict | None = None
+
+
+_STEP = _StepBuffers()
+
+
+def _step_buffer(layer: "Linear", x: torch.Tensor) -> torch.Tensor | None:
+    """A CPU buffer for the weight `layer` computes in x's dtype under training (`_RecomputedWeightLinear`), shared
+    by the layers of one training step: each computed weight is used at once (by its product, or by the adapters'
+    gradient in backward) before the next layer's overwrites it. None where computing makes no copy (a weight
+    stored in x's dtype is used as it is) or off the CPU (the CUDA allocator reuses blocks by itself).
+
+    Why: a fresh full-size tensor per call pays for new pages every time on the CPU (see `cast_workspace`:
+    63 ms for a fresh Q8_0 dequantization of a 10240x3840 weight, 9 ms into a reused buffer), and a training step
+    computes each weight three times. The thread keeps only a weak reference; each step's graph nodes hold the
+    buffer, so it is freed with the graph after the step's backward."""
+    if x.device.type != "cpu" or layer.weight.device.type != "cpu":
+        return None
+    if layer.quant is None and layer.weight.dtype == x.dtype and layer.scale_weight is None:
+        return None
+    if layer.quant is not None and not hasattr(layer.quant, "dequantize_rows"):
+        return None
+    n = layer.out_features * layer.in_features
+    refs = _STEP.refs if _STEP.refs is not None else {}
+    _STEP.refs = refs
+    buf = refs[x.dtype]() if x.dtype in refs else None
+    if buf is None or buf.numel() < n:
+        buf = torch.empty(n, dtype=x.dtype)
+        refs[x.dtype] = weakref.ref(buf)
+    return buf
+
+
 class _RecomputedWeightLinear(torch.autograd.Function):
     """y = x W^T for a weight computed for the call (dequantized, cast, with the host's weight functions, e.g.
     a LoRA being trained), keeping only x for backward: W is computed again there, as QLoRA keeps only the
@@ -157,8 +191,9 @@ class _RecomputedWeightLinear(torch.autograd.Function):
         ctx.layer, ctx.params = layer, params
         ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
         ctx.save_for_backward(x)
+        ctx.buffer = _step_buffer(layer, x)
         with torch.no_grad():
-            return F.linear(x, layer._call_weight(x))
+            return F.linear(x, layer._call_weight(x, ctx.buffer))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -167,7 +202,7 @@ class _RecomputedWeightLinear(torch.autograd.Function):
         dev, autocast, dtype = ctx.autocast
         train = [p for p, need in zip(ctx.params, ctx.needs_input_grad[2:]) if need]
         with torch.enable_grad():
-            w = ctx.layer._call_weight(x)
+            w = ctx.layer._call_weight(x, ctx.buffer)
             if autocast:  # F.linear under autocast multiplies in the autocast dtype
                 w = w.to(dtype)
             g2 = grad.reshape(-1, grad.shape[-1]).to(w.dtype)
@@ -223,13 +258,28 @@ class Linear(HostCast, nn.Linear):
         self.patches: list = []
         self.quant = None
 
-    def compute_weight(self, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+    def compute_weight(self, dtype: torch.dtype, device: torch.device | None = None,
+                       buffer: torch.Tensor | None = None) -> torch.Tensor:
         """The [out, in] weight in `dtype` (dequantized, scaled), on `device` (default: where it is stored;
-        packed weights move packed and are dequantized there)."""
+        packed weights move packed and are dequantized there). With a `buffer` (a CPU tensor of `dtype` and at
+        least out x in elements, see `_step_buffer`), written into it, CPU_CHUNK_ELEMENTS rows' worth at a time
+        for packed formats (their dequantizers' temporaries stay small)."""
+        if buffer is not None:
+            return self._computed_into(buffer[: self.out_features * self.in_features].view(self.out_features, -1))
         w = self.weight if device is None else self.weight.to(device, non_blocking=True)
         if self.quant is not None:
             return self.quant.dequantize(w.detach(), dtype, self)  # the stored bytes (quant.PackedParameter)
         return self._scaled(w.to(dtype))
+
+    def _computed_into(self, out: torch.Tensor) -> torch.Tensor:
+        if self.quant is None:
+            out.copy_(self.weight.detach())
+            return out if self.scale_weight is None else out.mul_(self.scale_weight.to(dtype=out.dtype))
+        rows = max(1, CPU_CHUNK_ELEMENTS // self.in_features)
+        for r in range(0, self.out_features, rows):
+            stop = min(r + rows, self.out_features)
+            out[r:stop].copy_(self.quant.dequantize_rows(self.weight.detach()[r:stop], out.dtype))
+        return out
 
     def _rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
         """Rows start:stop of the weight in `dtype` (row-wise formats: plain, scaled fp8, GGUF blocks)."""
@@ -296,12 +346,13 @@ class Linear(HostCast, nn.Linear):
             y = linear(x, self.compute_weight(x.dtype), bias)
         return y
 
-    def _call_weight(self, x: torch.Tensor) -> torch.Tensor:
+    def _call_weight(self, x: torch.Tensor, buffer: torch.Tensor | None = None) -> torch.Tensor:
         """The weight as this call uses it: computed on x's device in x's dtype, ComfyUI's patch functions
         applied (see HostCast). Functions that are modules (TrainLoraNode's adapters, which compute a new
         tensor) get the stored weight itself when it already is in x's dtype, not a copy (a full-size copy per
-        call, three calls per layer per training step); others (LowVramPatch, which patches in place) a copy."""
-        w = self.compute_weight(x.dtype, x.device)
+        call, three calls per layer per training step); others (LowVramPatch, which patches in place) a copy.
+        A `buffer` (`_step_buffer`) receives a weight that is computed (not the stored one)."""
+        w = self.compute_weight(x.dtype, x.device, buffer)
         if self.weight_function:
             stored = w.untyped_storage().data_ptr() == self.weight.untyped_storage().data_ptr()
             if stored and not all(isinstance(f, nn.Module) for f in self.weight_function):
